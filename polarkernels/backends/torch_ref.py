@@ -1,0 +1,38 @@
+"""The three primitives of one polynomial step, in plain torch: the reference for every kernel.
+
+One step of eq. (1) in :mod:`polarkernels.schedules`, on a wide X (m ≤ n), is
+
+    S = X Xᵀ                    gram(X)          symmetric m×m
+    B = b S + c S²              poly(S, b, c)    symmetric m×m
+    X ← a X + B X               apply(B, X, a)
+
+Every backend (Triton, CUDA) implements these three functions with the same names, signatures
+and semantics; its tests compare against this module. All take batched ``(..., m, n)`` inputs,
+return a fresh tensor of the input dtype and never write to their arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NAME = "torch"
+
+
+def gram(x: Tensor) -> Tensor:
+    """S = X Xᵀ, shape (..., m, m)."""
+    return x @ x.mT
+
+
+def poly(s: Tensor, b: float, c: float) -> Tensor:
+    """B = b S + c S² for symmetric S (c = 0 gives the cubic step's B = b S)."""
+    if c == 0.0:
+        return s * b
+    return torch.baddbmm(s.reshape(-1, *s.shape[-2:]), s.reshape(-1, *s.shape[-2:]),
+                         s.reshape(-1, *s.shape[-2:]), beta=b, alpha=c).reshape(s.shape)
+
+
+def apply(bmat: Tensor, x: Tensor, a: float) -> Tensor:
+    """X' = a X + B X."""
+    return torch.baddbmm(x.reshape(-1, *x.shape[-2:]), bmat.reshape(-1, *bmat.shape[-2:]),
+                         x.reshape(-1, *x.shape[-2:]), beta=a, alpha=1.0).reshape(x.shape)
