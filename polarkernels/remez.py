@@ -47,12 +47,18 @@ def optimal_quintic(l: float, u: float) -> Coeffs:
     a1, a3, a5 = _remez((u - l) / (u + l))
     # The problem is scale-invariant: p(x) = P(x/m) for the optimum P on [1 − η, 1 + η].
     m = l / 2.0 + u / 2.0
-    return a1 / m, a3 / m**3, a5 / m**5
+    coeffs = (a1 / m, a3 / m / m / m, a5 / m / m / m / m / m)
+    if not all(math.isfinite(v) and v != 0.0 for v in coeffs):
+        raise ValueError(f"the quintic for [l, u] = [{l!r}, {u!r}] over- or underflows float64; "
+                         "rescale the interval towards 1")
+    return coeffs
 
 
 @lru_cache(maxsize=4096)
 def _remez(eta: float) -> Coeffs:
-    """Monomial coefficients of the minimax odd quintic P(z) ≈ 1 on [1 − η, 1 + η], 0 ≤ η < 1.
+    """Monomial coefficients of the minimax odd quintic P(z) ≈ 1 on [1 − η, 1 + η], 0 ≤ η ≤ 1.
+
+    (η = 1 when l/u is below round-off: the l → 0 limit, E = 1, still a well-posed system.)
 
     Simplified Remez exchange (the paper's ``optimal_quintic``): impose equioscillation,
     P(z_i) = 1 − s_i E at the reference points z = (1 − η, q, r, 1 + η), a linear system for the
@@ -146,8 +152,8 @@ def _schedule(l: float, steps: int, u: float, safety: float, cushion: float) -> 
             a, b, c = a * r, b * r, c * r
         table.append((a, b, c))
         # The step applied is p(x/s) (``with_safety``), so the next interval starts at p(ℓ/s);
-        # p([ℓ, u]) ⊂ [p(ℓ), 2 − p(ℓ)]. (After the last step ℓ is no longer used.)
-        l = _quintic(a, b, c, l / s)
+        # p([ℓ, u]) ⊂ [p(ℓ), 2 − p(ℓ)] and p(ℓ) ≤ 1, which round-off must not break near ℓ = 1.
+        l = min(_quintic(a, b, c, l / s), 1.0)
         u = 2.0 - l
     return with_safety(tuple(table), s)
 

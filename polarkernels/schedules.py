@@ -44,6 +44,8 @@ POLAR_EXPRESS_5_NORM_SAFETY = 1.02
 
 #: The paper's 8-step table for ℓ₀ = 1e-3, *before* its safety factor (arXiv 2505.16932,
 #: reference implementation). The last step is clamped to exactly the Newton–Schulz quintic.
+#: Reproduced by ``polar_express_schedule(1e-3, 8, cushion=0.02407327424182761)`` (steps 1–6 to
+#: 2e-14; step 7 to 2e-11, where the generator matches a 60-digit reference and the table does not).
 POLAR_EXPRESS_8_UNSCALED: tuple[Coeffs, ...] = (
     (8.28721201814563, -23.595886519098837, 17.300387312530933),
     (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
