@@ -10,25 +10,26 @@ References:
 With X₀ = A/α (α ≥ ‖A‖₂) every singular value of X₀ lies in [ℓ₀, 1]. Each step applies the
 odd rational map
 
-    f(x) = x (a + b x²) / (1 + c x²)                                    [NBG10, (3.2)]
+    f(x) = x (a + b x²) / (1 + c x²)                                    [NBG10, §3]
 
 to the singular values, with weights chosen from the running lower bound ℓ so that f maps
 [ℓ, 1] into [f(ℓ), 1] with f(ℓ) as large as possible:
 
     d = ∛(4(1 − ℓ²) / ℓ⁴)
-    a = √(1 + d) + ½ √(8 − 4d + 8(2 − ℓ²) / (ℓ² √(1 + d)))                [NBG10, (3.10)]
-    b = (a − 1)² / 4,   c = a + b − 1,   ℓ ← ℓ (a + b ℓ²) / (1 + c ℓ²)     [NBG10, (3.11)]
+    a = √(1 + d) + ½ √(8 − 4d + 8(2 − ℓ²) / (ℓ² √(1 + d)))                [NBG10, §3]
+    b = (a − 1)² / 4,   c = a + b − 1,   ℓ ← ℓ (a + b ℓ²) / (1 + c ℓ²)     [NBG10, §3]
 
 As ℓ → 1, (a, b, c) → (3, 1, 3): Halley's method. The map is evaluated in one of two forms:
 
     QR form (c > 100):   [√c X; I] = [Q₁; Q₂] R,
-                         X ← (b/c) X + (1/√c)(a − b/c) Q₁ Q₂ᵀ            [NBG10, (4.8)]
+                         X ← (b/c) X + (1/√c)(a − b/c) Q₁ Q₂ᵀ            [NBG10, §4]
     Cholesky form:       Z = I + c XᵀX = WᵀW,
-                         X ← (b/c) X + (a − b/c) (X W⁻¹) W⁻ᵀ            [NH13, (2.5)]
+                         X ← (b/c) X + (a − b/c) (X W⁻¹) W⁻ᵀ            [NH13]
 
 The Cholesky form is cheaper (no QR, one Gram product) and backward stable once κ(Z) ≤ 1 + c
-is small [NH13, §3]; the QR form is stable for every c. From ℓ₀ ≥ 1e-16 the bound reaches
-1 − 10u within 6 steps [NBG10, §3], the first two or three in QR form.
+is small [NH13]; the QR form is stable for every c. From ℓ₀ ≥ 1e-16 (indeed from ℓ₀ ≥ u²)
+the bound reaches 1 − 10u within 6 steps in float64 [NBG10, §3], the first two or three in
+QR form (tests/test_qdwh.py checks both).
 """
 
 from __future__ import annotations
@@ -41,13 +42,17 @@ from torch import Tensor
 from .backends.torch_ref import gram as torch_gram
 
 CHOLESKY_MAX_C = 100.0
-"""Use the Cholesky form once c ≤ this, i.e. κ(Z) ≤ 101 [NH13, §3]; the QR form above it."""
+"""Use the Cholesky form once c ≤ this, i.e. κ(Z) ≤ 1 + c ≤ 101 [NH13]; the QR form above it."""
 
 TALL_RATIO = 1.5
 """Reduce A = QR first and iterate on the n×n R when m ≥ TALL_RATIO·n. Per step on an m×n X the
 QR form costs ≈ 6mn² + 3n³ flops and the Cholesky form ≈ 3mn² + n³/3; the reduction costs
 ≈ 4mn² more than the R-only QR the ℓ₀ estimate needs anyway, and saves ≥ 15(m − n)n² over a
 typical 1 QR + 3 Cholesky run, so it pays from m ≈ 1.4n."""
+
+
+Weights = tuple[Tensor, Tensor, Tensor]
+"""Per-matrix (a, b, c), each float64 of shape (B,)."""
 
 
 class QDWHResult(NamedTuple):
@@ -70,29 +75,38 @@ def qdwh(x: Tensor, *, tol: float | None = None, max_iter: int = 10, l0: float |
             internally so the iteration runs with m ≥ n). Never modified.
         tol: unit roundoff the result is converged to; default ``torch.finfo(x.dtype).eps / 2``.
             A matrix has converged when ‖X_k − X_{k−1}‖_F ≤ (10·tol)^(1/3) (the next step would
-            change X by O(tol): the convergence is cubic) and 1 − ℓ_k ≤ 10·tol [NH13, §4].
-        max_iter: most steps (≥ 0); at most 6 are needed for κ(A) ≤ 1e16 in float64.
-        l0: lower bound on σ_min(A)/α to use instead of the estimate below (0 < l0 ≤ 1).
+            change X by O(tol): the convergence is cubic) and 1 − ℓ_k ≤ 10·tol [NH13].
+        max_iter: most steps (≥ 0; 0 returns X₀ = A/α). At most 6 are needed for κ(A) ≤ 1e16
+            in float64 and 5 for κ(A) ≤ 1e6 in float32.
+        l0: a lower bound on σ_min(X₀) to use instead of the estimate below, 0 < l0 ≤ 1; any
+            l0 ≤ 1/(κ₂(A)·√min(m, n)) is one, since σ_min(X₀) ≥ σ_min(A)/‖A‖_F.
         gram: ``gram(y) = y yᵀ`` for a wide ``y`` (a backend's primitive); the Cholesky form
             computes XᵀX as ``gram(Xᵀ)``. Default: plain torch.
 
-    Scaling and ℓ₀: A is first divided by its largest |entry| (so no norm below over- or
-    underflows), then by α = min(‖A‖_F, √(‖A‖₁‖A‖_∞)) ≥ ‖A‖₂. From the (R-only) QR A = QR,
-    ℓ₀ = 1/(α‖R⁻¹‖_F) ≤ σ_min(R)/α = σ_min(X₀) is a lower bound (within √n of σ_min), so a
-    well-conditioned input needs 3–4 steps instead of the 6 a constant ℓ₀ = O(u) costs. The
-    bound is floored at u² (numerically singular input, or R⁻¹ overflowing): that still takes
-    ≤ 6 steps in float64, and singular values above u²·‖A‖ still reach 1. When the input is
-    tall (m ≥ 1.5n) the iteration runs on R and U = Q U_R. Rounding can make ℓ₀ overestimate
-    σ_min by O(u‖A‖): harmless, the ‖ΔX‖ test does not trust ℓ.
+    Scaling: A is first divided by its largest |entry| (so that no norm below over- or
+    underflows), then by α = min(‖A‖_F, √(‖A‖₁‖A‖_∞)) ≥ ‖A‖₂. If m ≥ 1.5n the iteration runs
+    on R from A = QR and returns U = Q U_R (cheaper steps; polar(QR) = Q polar(R)).
 
-    Rank deficiency: f(0) = 0, so zero singular values stay zero and U is then the partial
-    isometry of the compact SVD (UᵀU an orthogonal projector, U = 0 for the zero matrix).
-    Singular values that are rounding noise (≲ u‖A‖, e.g. of a numerically rank-deficient
-    A) are not zero: they are mapped to 1 like the others, as an SVD-based polar does.
+    ℓ₀: from the R of a QR of A (R-only when not already computed),
+    ℓ₀ = max(1/(α‖R⁻¹‖_F) − (m + n)u, u²). 1/‖R⁻¹‖_F ≤ 1/‖R⁻¹‖₂ = σ_min(A), so without
+    rounding this is a lower bound within a factor √n of σ_min(X₀); the (m + n)u margin covers
+    the rounding of R and R⁻¹, which only matters once κ(A) nears 1/u; the floor u² (hit by
+    numerically singular input, or when R⁻¹ overflows) still reaches 1 − 10u within 6 steps
+    in float64. A well-conditioned input thus takes 3–4 steps instead of the 6 that a
+    constant ℓ₀ = O(u) would cost. The cost is one QR of A (≈ a third of a QR-form step) and
+    a triangular inverse. ℓ₀ and the weights carry no gradient.
 
-    Batches: every matrix keeps its own ℓ and weights of shape (..., 1, 1), takes the QR or
-    Cholesky form by its own c and stops when it has converged, so a batched call returns
-    the per-matrix results. Autograd flows through the QR, Cholesky and triangular solves.
+    Rank deficiency: f(0) = 0, so exactly zero singular values stay zero and U is the partial
+    isometry P_r Q_rᵀ of the compact SVD (UᵀU an orthogonal projector; U = 0 for the zero
+    matrix, which is returned at once). Singular values below u‖A‖ are rounding noise
+    (numerically rank-deficient A, κ(A) ≳ 1/u): they usually reach 1, as with an SVD-based
+    polar factor, but may end near 0, or, rarely, still be climbing after ``max_iter``
+    steps, which ``converged=False`` reports. Non-finite input gives non-finite output and
+    ``converged=False``.
+
+    Batches: every matrix keeps its own ℓ and (a, b, c), takes the QR or Cholesky form by its
+    own c and stops when it has converged, so a batched call returns exactly the per-matrix
+    results. Autograd flows through the QR, Cholesky and triangular solves.
 
     Raises:
         TypeError: dtype other than float32/float64.
@@ -127,49 +141,53 @@ def _qdwh_tall(a: Tensor, tol: float | None, max_iter: int, l0: float | None,
     tol_dx, tol_l = (10 * u_round) ** (1 / 3), 10 * u_round
 
     # Prescale by max |entry| so that the norms below cannot over- or underflow.
-    amax = a.abs().amax(dim=(-2, -1), keepdim=True)
-    a = a / torch.where(amax > 0, amax, torch.ones_like(amax))
-
+    amax = a.abs().amax(dim=(-2, -1))
+    a = a / torch.where(amax > 0, amax, torch.ones_like(amax))[:, None, None]
     m, n = a.shape[-2:]
     q = None
     if m >= TALL_RATIO * n:
-        q, x = torch.linalg.qr(a)          # polar(QR) = Q polar(R): iterate on the n×n R
-        r = x
+        q, a = torch.linalg.qr(a)          # polar(QR) = Q polar(R): iterate on the n×n R
+
+    # α = min(‖A‖_F, √(‖A‖₁‖A‖_∞)) ≥ ‖A‖₂, so X₀ = A/α has σ_max(X₀) ≤ 1.
+    alpha = torch.minimum(torch.linalg.matrix_norm(a),
+                          (torch.linalg.matrix_norm(a, 1) * torch.linalg.matrix_norm(a, float("inf"))).sqrt())
+    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))
+    x = a / alpha[:, None, None]
+    if l0 is None:   # ℓ₀ only steers the weights: no gradient flows through it
+        r = a if q is not None else torch.linalg.qr(a.detach(), mode="r").R
+        ell = _initial_bound(r.detach(), alpha.detach(), margin=(m + n) * u_round, floor=u_round**2)
     else:
-        x, r = a, torch.linalg.qr(a, mode="r").R
+        ell = torch.full(alpha.shape, l0, dtype=torch.float64, device=a.device)
 
-    alpha = torch.minimum(torch.linalg.matrix_norm(x),
-                          (torch.linalg.matrix_norm(x, 1) * torch.linalg.matrix_norm(x, float("inf"))).sqrt())
-    alpha = torch.where(alpha > 0, alpha, torch.ones_like(alpha))   # zero matrix: X₀ = 0
-    x = x / alpha[:, None, None]
-    ell = _initial_bound(r, alpha, u_round) if l0 is None else torch.full_like(alpha, l0, dtype=torch.float64)
-
-    x, num_iters, done = _iterate(x, ell, max_iter, tol_dx, tol_l, gram)
+    x, num_iters, done = _iterate(x, ell, amax == 0, max_iter, tol_dx, tol_l, gram)
     u = x if q is None else q @ x
     return u, num_iters, bool(done.all())
 
 
-def _initial_bound(r: Tensor, alpha: Tensor, u_round: float) -> Tensor:
-    """ℓ₀ = 1/(α‖R⁻¹‖_F) ≤ σ_min(R)/α, floored at u² (float64, shape (B,))."""
+def _initial_bound(r: Tensor, alpha: Tensor, margin: float, floor: float) -> Tensor:
+    """ℓ₀ = max(1/(α‖R⁻¹‖_F) − margin, floor) ≤ σ_min(X₀) (float64, shape (B,)).
+
+    1/‖R⁻¹‖_F ≤ 1/‖R⁻¹‖₂ = σ_min(R); ``margin`` absorbs the O(u) absolute error of the
+    computed R and R⁻¹ (Weyl), which decides the bound once κ(A) approaches 1/u.
+    """
     eye = torch.eye(r.shape[-1], dtype=r.dtype, device=r.device).expand_as(r)
     rinv_norm = torch.linalg.matrix_norm(torch.linalg.solve_triangular(r, eye, upper=True))
-    ell = 1 / (alpha.double() * rinv_norm.double())
-    ell = torch.where(torch.isnan(ell), torch.zeros_like(ell), ell)   # singular R: 0·inf
-    return ell.clamp(u_round ** 2, 1.0)
+    ell = 1 / (alpha.double() * rinv_norm.double()) - margin
+    ell = torch.where(torch.isnan(ell), torch.zeros_like(ell), ell)   # singular R: inf − inf in R⁻¹
+    return ell.clamp(floor, 1.0)
 
 
-def _iterate(x: Tensor, ell: Tensor, max_iter: int, tol_dx: float, tol_l: float,
+def _iterate(x: Tensor, ell: Tensor, done: Tensor, max_iter: int, tol_dx: float, tol_l: float,
              gram: Callable[[Tensor], Tensor]) -> tuple[Tensor, int, Tensor]:
-    """Run QDWH steps on the active (not yet converged) matrices of the flat batch ``x``."""
-    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    """QDWH steps on the matrices of the flat batch ``x`` not yet ``done`` (zero ones start done)."""
     num_iters = 0
     while num_iters < max_iter and not bool(done.all()):
         num_iters += 1
         active = (~done).nonzero().squeeze(1)
         xa, la = x[active], ell[active]
         a, b, c = _weights(la)
-        x_new = _step(xa, a, b, c, gram)
-        la = (la * (a + b * la**2) / (1 + c * la**2)).clamp(max=1.0)   # [NBG10, (3.11)]
+        x_new = _step(xa, (a, b, c), gram)
+        la = (la * (a + b * la**2) / (1 + c * la**2)).clamp(max=1.0)   # ℓ ← f(ℓ) [NBG10, §3]
         dx = torch.linalg.matrix_norm(x_new - xa)
         x = x.index_put((active,), x_new)
         ell = ell.index_put((active,), la)
@@ -177,8 +195,8 @@ def _iterate(x: Tensor, ell: Tensor, max_iter: int, tol_dx: float, tol_l: float,
     return x, num_iters, done
 
 
-def _weights(ell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Dynamic weights (a, b, c) for lower bounds ``ell`` (float64) [NBG10, (3.10)]."""
+def _weights(ell: Tensor) -> Weights:
+    """Dynamic weights (a, b, c) for lower bounds ``ell`` (float64) [NBG10, §3]."""
     l2 = ell**2
     d = (4 * (1 - l2) / l2**2).clamp(min=0) ** (1 / 3)
     sqd = (1 + d).sqrt()
@@ -187,24 +205,33 @@ def _weights(ell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return a, b, a + b - 1
 
 
-def _step(x: Tensor, a: Tensor, b: Tensor, c: Tensor, gram: Callable[[Tensor], Tensor]) -> Tensor:
-    """One QDWH step per matrix, in QR form where c > 100 and Cholesky form elsewhere."""
-    use_qr = c > CHOLESKY_MAX_C
-    if bool(use_qr.all()):
-        return _qr_step(x, a, b, c)
+def _step(x: Tensor, abc: Weights, gram: Callable[[Tensor], Tensor]) -> Tensor:
+    """One QDWH step per matrix: Cholesky form where c ≤ 100, QR form elsewhere and wherever
+    the Cholesky factorization fails (Z not numerically positive definite, e.g. from a
+    low-precision ``gram``)."""
+    use_qr = abc[2] > CHOLESKY_MAX_C
     out = torch.empty_like(x)
-    if bool(use_qr.any()):
-        out = out.index_put((use_qr,), _qr_step(x[use_qr], a[use_qr], b[use_qr], c[use_qr]))
     chol = (~use_qr).nonzero().squeeze(1)
-    y, ok = _cholesky_step(x[chol], a[chol], b[chol], c[chol], gram)
-    if not bool(ok.all()):   # Z not numerically positive definite (e.g. a low-precision gram)
-        bad = (~ok).nonzero().squeeze(1)
-        y = y.index_put((bad,), _qr_step(x[chol[bad]], a[chol[bad]], b[chol[bad]], c[chol[bad]]))
-    return out.index_put((chol,), y)
+    if chol.numel():
+        y, ok = _cholesky_step(x[chol], _take(abc, chol), gram)
+        if chol.numel() == x.shape[0] and bool(ok.all()):
+            return y
+        out = out.index_put((chol[ok],), y[ok])
+        use_qr = use_qr.index_put((chol[~ok],), torch.ones_like(ok[~ok]))
+    qr = use_qr.nonzero().squeeze(1)
+    if qr.numel() == x.shape[0]:
+        return _qr_step(x, abc)
+    return out.index_put((qr,), _qr_step(x[qr], _take(abc, qr)))
 
 
-def _qr_step(x: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """[√c X; I] = [Q₁; Q₂] R,  X ← (b/c) X + (1/√c)(a − b/c) Q₁ Q₂ᵀ   [NBG10, (4.8)]."""
+def _take(abc: Weights, idx: Tensor) -> Weights:
+    """The weights of the matrices ``idx``."""
+    return abc[0][idx], abc[1][idx], abc[2][idx]
+
+
+def _qr_step(x: Tensor, abc: Weights) -> Tensor:
+    """[√c X; I] = [Q₁; Q₂] R,  X ← (b/c) X + (1/√c)(a − b/c) Q₁ Q₂ᵀ   [NBG10, §4]."""
+    a, b, c = abc
     m, n = x.shape[-2:]
     sqrt_c = c.sqrt()
     eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(x.shape[0], n, n)
@@ -213,12 +240,12 @@ def _qr_step(x: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return _col(b / c, x) * x + _col((a - b / c) / sqrt_c, x) * (q1 @ q2.mT)
 
 
-def _cholesky_step(x: Tensor, a: Tensor, b: Tensor, c: Tensor,
-                   gram: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-    """Z = I + c XᵀX = WᵀW,  X ← (b/c) X + (a − b/c) (X W⁻¹) W⁻ᵀ   [NH13, (2.5)].
+def _cholesky_step(x: Tensor, abc: Weights, gram: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """Z = I + c XᵀX = WᵀW,  X ← (b/c) X + (a − b/c) (X W⁻¹) W⁻ᵀ   [NH13].
 
     Returns the new X and, per matrix, whether the Cholesky factorization succeeded.
     """
+    a, b, c = abc
     n = x.shape[-1]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     z = eye + _col(c, x) * gram(x.mT)
@@ -228,6 +255,6 @@ def _cholesky_step(x: Tensor, a: Tensor, b: Tensor, c: Tensor,
     return _col(b / c, x) * x + _col(a - b / c, x) * y, info == 0
 
 
-def _col(w: Tensor, x: Tensor) -> Tensor:
-    """Per-matrix float64 weights (B,) as (B, 1, 1) in x's dtype, to scale each matrix."""
-    return w.to(x.dtype)[:, None, None]
+def _col(weight: Tensor, x: Tensor) -> Tensor:
+    """A per-matrix float64 weight (B,) as (B, 1, 1) in x's dtype, to scale each matrix of x."""
+    return weight.to(x.dtype)[:, None, None]

@@ -1,8 +1,20 @@
+"""Test-session setup shared by every folder.
+
+Without a GPU the Triton kernels run in Triton's CPU interpreter: ``triton.jit`` decides
+interpreter-or-compiler when it decorates a kernel (when ``polarkernels.backends.triton_ops`` is
+first imported), so ``TRITON_INTERPRET`` is set here, before any test module is imported. On a GPU
+the same tests compile real kernels.
+"""
+
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/matrices.py, importable from subfolders
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import torch
 from torch import Tensor
 
 BACKENDS = ("torch", "triton", "cuda")
@@ -33,13 +34,35 @@ def get_ops(name: str) -> ModuleType:
     return module
 
 
-def resolve(backend: str, x: Tensor) -> str:
-    """The backend that ``backend="auto"`` means for this input; other names pass through.
+#: ``auto`` picks Triton for 16-bit CUDA work at least this large: min(m, n) ≥ 1024, or a batch
+#: with batch·min(m, n)²·max(m, n) ≥ 2³⁰ multiply-adds per Gram product. Below it, or in float32
+#: (whose "ieee" dots run on the FP32 cores, not the tensor cores), cuBLAS through torch is as
+#: fast. Provisional: derived from the FLOP model, not yet from a GPU timing (bench/RESULTS.md).
+TRITON_MIN_SIDE = 1024
+TRITON_MIN_WORK = 2**30
 
-    Rule: plain torch everywhere for now (later issues add Triton/CUDA selection on GPU).
+
+def resolve(backend: str, x: Tensor) -> str:
+    """The backend that ``backend="auto"`` means for ``x`` (in its working dtype); other names
+    pass through after a check.
+
+    Rule for ``auto``: Triton when ``x`` is on CUDA, 16-bit, large enough (see
+    :data:`TRITON_MIN_SIDE`) and Triton is installed; plain torch otherwise.
     """
     if backend != "auto":
         if backend not in _MODULES:
             raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
         return backend
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        m, n = sorted(x.shape[-2:])
+        batch = x.numel() // max(m * n, 1)
+        if (m >= TRITON_MIN_SIDE or batch * m * m * n >= TRITON_MIN_WORK) and _available("triton"):
+            return "triton"
     return "torch"
+
+
+def _available(name: str) -> bool:
+    try:
+        return importlib.import_module(_MODULES[name]).available()[0]
+    except ImportError:
+        return False

@@ -1,0 +1,134 @@
+"""Host-side helpers shared by the launchers: batched views, checks, autotune configs, the interpreter.
+
+Autotuning is for real GPUs only: under ``TRITON_INTERPRET=1`` every launcher uses one small fixed
+configuration, so interpreter tests stay fast and deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+from torch import Tensor
+from triton.runtime import JITFunction
+
+#: Storage dtypes the kernels take; products accumulate in fp32 for all of them.
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: ``tl.dot`` input precisions for fp32 storage: "ieee" (true fp32, the default, so that
+#: ``polar()`` reaches fp32 accuracy), "tf32" (tensor cores, ~1e-3 relative), "tf32x3" (~fp32).
+FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+#: Square tiles for the symmetric kernels (gram, poly): (BLOCK, BLOCK_K, stages, warps). The
+#: 128-wide tiles suit Hopper's wgmma; 64-wide ones fill 132 SMs when m is small. Configs that do
+#: not fit a GPU's shared memory (fp32 with 4 stages, or Ampere sm_86) are skipped by the autotuner.
+_SYMMETRIC = ((128, 64, 3, 8), (128, 64, 4, 8), (128, 32, 4, 4), (64, 128, 3, 4), (64, 64, 4, 4))
+
+#: Rectangular tiles for apply: (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps).
+_RECTANGULAR = ((128, 128, 64, 3, 8), (128, 256, 64, 3, 8), (128, 128, 64, 4, 4),
+                (64, 128, 64, 4, 4), (64, 64, 64, 4, 4))
+
+#: The one configuration used under the interpreter (small blocks: ragged edges get exercised).
+INTERPRETER_BLOCK = 32
+
+
+def symmetric_configs() -> list[triton.Config]:
+    return [triton.Config({"BLOCK": b, "BLOCK_K": k}, num_stages=s, num_warps=w)
+            for b, k, s, w in _SYMMETRIC]
+
+
+def rectangular_configs() -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP": 8}, num_stages=s, num_warps=w)
+            for bm, bn, bk, s, w in _RECTANGULAR]
+
+
+def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Autotune's early pruning: drop configs whose pipelined tiles exceed the device's shared
+    memory (they could only fail) or whose tiles are over twice the matrix (wasted lanes and
+    compile time for small m). Keeps at least the last, smallest config."""
+    t = next(v for v in named_args.values() if isinstance(v, Tensor))
+    limit = triton.runtime.driver.active.utils.get_device_properties(t.device.index)["max_shared_mem"]
+    m = named_args["M"]
+    n = named_args.get("N", m)
+    kept = []
+    for config in configs:
+        meta = config.kwargs
+        bm = meta.get("BLOCK", meta.get("BLOCK_M"))
+        bn = meta.get("BLOCK", meta.get("BLOCK_N"))
+        shared = config.num_stages * (bm + bn) * meta["BLOCK_K"] * t.element_size()
+        if shared <= limit and bm <= max(64, triton.next_power_of_2(m)) and bn <= max(64, triton.next_power_of_2(n)):
+            kept.append(config)
+    return kept or configs[-1:]
+
+
+def interpreted(kernel: object) -> bool:
+    """True when ``triton.jit`` built ``kernel`` for the CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    return not isinstance(kernel, JITFunction)
+
+
+def check_operand(t: Tensor, name: str, *, interpreting: bool) -> None:
+    """Raise ``ValueError`` unless ``t`` is a (..., r, c) float tensor on a device the kernels run on."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., rows, cols); got {tuple(t.shape)}")
+    if t.dtype not in DTYPES:
+        raise ValueError(f"{name} has dtype {t.dtype}; the Triton kernels take {', '.join(map(str, DTYPES))}")
+    if interpreting and t.device.type != "cpu":
+        raise ValueError(f"{name} is on {t.device}; under TRITON_INTERPRET=1 the kernels take CPU tensors")
+    if not interpreting and t.device.type != "cuda":
+        raise ValueError(f"{name} is on {t.device}; the Triton kernels need CUDA tensors "
+                         "(or TRITON_INTERPRET=1 set before import, for CPU tensors)")
+
+
+def dot_precision(dtype: torch.dtype, input_precision: str | None) -> str:
+    """The ``tl.dot`` input precision: the requested one for fp32 ("ieee" by default); for 16-bit
+    operands Triton's default ("tf32", which does not apply to them)."""
+    if input_precision is not None and input_precision not in FP32_PRECISIONS:
+        raise ValueError(f"input_precision must be one of {FP32_PRECISIONS} or None; got {input_precision!r}")
+    if dtype != torch.float32:
+        return "tf32"
+    return input_precision or "ieee"
+
+
+def batched(t: Tensor) -> Tensor:
+    """``t`` (..., r, c) as a (B, r, c) view: the leading dims merged, the last two strides kept.
+
+    Leading dims that cannot merge into one stride (a permuted batch) are copied once; the
+    matrices themselves (transposed, sliced) are never copied.
+    """
+    shape = (math.prod(t.shape[:-2]), *t.shape[-2:])
+    try:
+        return t.view(shape)
+    except RuntimeError:
+        return t.reshape(shape)
+
+
+def output(out: Tensor | None, shape: tuple[int, ...], like: Tensor, name: str = "out") -> Tensor:
+    """A fresh contiguous output, or ``out`` checked (shape, dtype, device, a batch that views as one)."""
+    if out is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(f"{name} must be a {like.dtype} tensor of shape {tuple(shape)} on {like.device}; "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    try:
+        out.view(math.prod(shape[:-2]), *shape[-2:])
+    except RuntimeError:
+        raise ValueError(f"{name}'s leading dims must merge into one stride (strides {out.stride()})") from None
+    return out
+
+
+def check_no_alias(out: Tensor, *inputs: Tensor) -> None:
+    """The kernels read their inputs while writing ``out``: the two must not share storage."""
+    for t in inputs:
+        if out.numel() and t.numel() and out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            raise ValueError("out must not share memory with an input")
+
+
+def check_offsets(t: Tensor, name: str) -> None:
+    """In-matrix offsets are 32-bit in the kernels (the batch offset is 64-bit)."""
+    r, c = t.shape[-2:]
+    if r and c and (r - 1) * t.stride(-2) + (c - 1) * t.stride(-1) >= 2**31:
+        raise ValueError(f"{name} is too large for 32-bit offsets within one matrix "
+                         f"({r}×{c}, strides {t.stride()[-2:]})")

@@ -1,0 +1,117 @@
+"""The Triton backend: ``gram``, ``poly`` and ``apply`` as Triton kernels, registered as torch ops.
+
+Same names, signatures and semantics as :mod:`polarkernels.backends.torch_ref` (the reference
+every kernel is tested against), plus keyword-only ``out=`` and ``input_precision=``:
+
+    gram(x)            S = X Xᵀ              upper-triangle tiles, mirrored stores   m²n FLOPs
+    poly(s, b, c)      B = b S + c S²        one triangle of S S, mirrored stores    m³ FLOPs
+    apply(bmat, x, a)  X' = a X + B X        axpy fused into the epilogue            2m²n FLOPs
+
+so one quintic step on a wide m×n X costs 3m²n + m³ FLOPs instead of 4m²n + 2m³. Products
+accumulate in fp32; storage is bf16, fp16 or fp32 (fp32 dots use ``input_precision="ieee"``
+unless asked otherwise). Batched over leading dims; any strides; any m, n.
+
+Where it runs: CUDA tensors on a GPU (kernels autotuned per shape and dtype), or CPU tensors in
+Triton's interpreter when ``TRITON_INTERPRET=1`` was set before this module was imported (for
+tests: slow, one fixed block size).
+
+torch.compile: without ``out=``, each function calls a ``torch.library`` custom op
+(``polarkernels::triton_gram``, ``…_poly``, ``…_apply``) with a fake implementation, so compiled
+code traces through it without graph breaks; ``out=`` calls the launcher directly (eager only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NAME = "triton"
+
+try:
+    import triton  # noqa: F401  (the import guard: this module imports without triton)
+except ImportError as exc:
+    _IMPORT_ERROR: str | None = str(exc)
+else:
+    _IMPORT_ERROR = None
+    from .triton_kernels import apply as _apply
+    from .triton_kernels import launch as _launch
+    from .triton_kernels import gram as _gram
+    from .triton_kernels import poly as _poly
+
+    INTERPRETED = _gram.INTERPRETED
+
+    @torch.library.custom_op("polarkernels::triton_gram", mutates_args=())
+    def _gram_op(x: Tensor, input_precision: str) -> Tensor:
+        return _gram.gram(x, input_precision=input_precision)
+
+    @_gram_op.register_fake
+    def _(x: Tensor, input_precision: str) -> Tensor:
+        return x.new_empty((*x.shape[:-1], x.shape[-2]))
+
+    @torch.library.custom_op("polarkernels::triton_poly", mutates_args=())
+    def _poly_op(s: Tensor, b: float, c: float, input_precision: str) -> Tensor:
+        return _poly.poly(s, b, c, input_precision=input_precision)
+
+    @_poly_op.register_fake
+    def _(s: Tensor, b: float, c: float, input_precision: str) -> Tensor:
+        return s.new_empty(s.shape)
+
+    @torch.library.custom_op("polarkernels::triton_apply", mutates_args=())
+    def _apply_op(bmat: Tensor, x: Tensor, a: float, input_precision: str) -> Tensor:
+        return _apply.apply(bmat, x, a, input_precision=input_precision)
+
+    @_apply_op.register_fake
+    def _(bmat: Tensor, x: Tensor, a: float, input_precision: str) -> Tensor:
+        return x.new_empty(x.shape)
+
+
+def available() -> tuple[bool, str]:
+    """(True, note) when the kernels can run here, else (False, why and what to install)."""
+    if _IMPORT_ERROR is not None:
+        return False, (f"triton is not installed ({_IMPORT_ERROR}); "
+                       "pip install triton  (or pip install 'polarkernels[triton]')")
+    if INTERPRETED:
+        return True, "TRITON_INTERPRET=1: kernels run on CPU tensors in Triton's interpreter (slow)"
+    if not torch.cuda.is_available():
+        return False, ("the Triton kernels need a CUDA GPU and none is visible; set TRITON_INTERPRET=1 "
+                       "before importing polarkernels to run them (slowly) on CPU tensors")
+    return True, ""
+
+
+def _require() -> None:
+    ok, reason = available()
+    if not ok:
+        raise RuntimeError(f"backend 'triton' is not available: {reason}")
+
+
+def _dot_precision(t: Tensor, input_precision: str | None) -> str:
+    """The precision resolved for ``t``'s dtype, so the op's schema holds a plain string."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(t).__name__}")
+    return _launch.dot_precision(t.dtype, input_precision)
+
+
+def gram(x: Tensor, *, out: Tensor | None = None, input_precision: str | None = None) -> Tensor:
+    """S = X Xᵀ, shape (..., m, m). Matches :func:`torch_ref.gram`; exactly symmetric output."""
+    _require()
+    if out is not None:
+        return _gram.gram(x, out=out, input_precision=input_precision)
+    return _gram_op(x, _dot_precision(x, input_precision))
+
+
+def poly(s: Tensor, b: float, c: float, *, out: Tensor | None = None,
+         input_precision: str | None = None) -> Tensor:
+    """B = b S + c S² for symmetric S. Matches :func:`torch_ref.poly`; exactly symmetric output."""
+    _require()
+    if out is not None:
+        return _poly.poly(s, b, c, out=out, input_precision=input_precision)
+    return _poly_op(s, float(b), float(c), _dot_precision(s, input_precision))
+
+
+def apply(bmat: Tensor, x: Tensor, a: float, *, out: Tensor | None = None,
+          input_precision: str | None = None) -> Tensor:
+    """X' = a X + B X. Matches :func:`torch_ref.apply`."""
+    _require()
+    if out is not None:
+        return _apply.apply(bmat, x, a, out=out, input_precision=input_precision)
+    return _apply_op(bmat, x, float(a), _dot_precision(x, input_precision))
