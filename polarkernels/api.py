@@ -55,8 +55,9 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
             matrix products of the iterative methods and of QDWH's Cholesky form.
         steps: cap on iterations (QDWH iterations, or tail steps for the polynomial methods);
             ``None`` picks a cap that suffices for any input in the working dtype.
-        tol: convergence tolerance (see :mod:`polarkernels.iterate` and :mod:`polarkernels.qdwh`);
-            ``None`` picks one for the working dtype.
+        tol: convergence tolerance; ``None`` picks one for the working dtype. For the polynomial
+            methods the bound on ‖XXᵀ − I‖_F/√m (:mod:`polarkernels.iterate`); for QDWH the unit
+            roundoff to converge to (:mod:`polarkernels.qdwh`).
         check_finite: raise ``ValueError`` if ``a`` holds NaN or ±inf (as scipy does).
 
     Rank-deficient inputs: ``svd`` returns an orthonormal ``u`` (one of many valid factors); the
@@ -176,10 +177,15 @@ def _polar_factor(x: Tensor, method: str, backend: str, steps: int | None, tol: 
         return svd_polar(x)
     ops = backends.get_ops(backends.resolve(backend, x))
     if method == "qdwh":
-        return qdwh(x, tol=tol, max_iter=10 if steps is None else steps, gram=ops.gram).u
+        result = qdwh(x, tol=tol, max_iter=10 if steps is None else steps, gram=ops.gram)
+        if not result.converged and steps is None:
+            # Only when κ(A) ≳ 1/ε (rounding-noise singular values still moving after 10
+            # iterations, see polarkernels.qdwh): the SVD's answer is then the better one.
+            return svd_polar(x)
+        return result.u
     schedule = schedules.convergent_schedule(method)
     return _on_wide_side(x, lambda w: iterate.run(
-        iterate.frobenius_normalize(w, schedule.norm_safety), schedule, ops, tol=tol, max_steps=steps).u)
+        iterate.normalize(w, schedule), schedule, ops, tol=tol, max_steps=steps).u)
 
 
 def _orthogonalize_tensor(x: Tensor, method: str, steps: int, backend: str, gram: bool = False) -> Tensor:
@@ -198,9 +204,9 @@ def _orthogonalize_tensor(x: Tensor, method: str, steps: int, backend: str, gram
         return torch.stack(ops.orthogonalize_group(mats, schedule.coeffs, schedule.norm_safety)).reshape(x.shape)
     if gram:
         return _on_wide_side(x, lambda w: gram_iterate(
-            iterate.frobenius_normalize(w, schedule.norm_safety), schedule.coeffs, ops))
+            iterate.normalize(w, schedule), schedule.coeffs, ops))
     return _on_wide_side(x, lambda w: iterate.run(
-        iterate.frobenius_normalize(w, schedule.norm_safety), schedule, ops).u)
+        iterate.normalize(w, schedule), schedule, ops).u)
 
 
 def _on_wide_side(x: Tensor, f) -> Tensor:

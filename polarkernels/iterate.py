@@ -55,6 +55,22 @@ def frobenius_normalize(a: Tensor, safety: float = 1.0) -> Tensor:
     return (scaled / torch.where(norm > 0, norm, torch.ones_like(norm))).to(a.dtype)
 
 
+def normalize(a: Tensor, schedule: Schedule) -> Tensor:
+    """X₀ for ``schedule``: :func:`frobenius_normalize`, or Muon's own normalisation.
+
+    Muon's (``schedule.norm_eps`` set) is X₀ = A / max(‖A‖_F, eps) with the norm and the division
+    in A's dtype, exactly as torch.optim.Muon computes it, so its trajectories match bit for bit.
+    Where that overflows (‖A‖_F not finite in A's dtype, e.g. float16 entries near 6e4), the
+    overflow-safe :func:`frobenius_normalize` is used for that matrix instead.
+    """
+    safe = frobenius_normalize(a, schedule.norm_safety)
+    if schedule.norm_eps is None:
+        return safe
+    norm = torch.linalg.matrix_norm(a, keepdim=True)
+    muon = a / norm.clamp_min(schedule.norm_eps)
+    return torch.where(torch.isfinite(norm), muon, safe)
+
+
 def default_tol(dtype: torch.dtype, n: int) -> float:
     """Default tail tolerance on r = ‖XXᵀ − I‖_F/√m: 10 ε √n.
 

@@ -20,6 +20,7 @@ Coeffs = tuple[float, float, float]
 #: Muon's fixed quintic (Keller Jordan, "Muon", 2024; torch.optim.Muon). Not convergent: it
 #: maps σ ∈ (0, 1] into roughly [0.5, 1.2] quickly and stays there. For ``orthogonalize`` only.
 MUON_QUINTIC: Coeffs = (3.4445, -4.7750, 2.0315)
+MUON_NORM_EPS = 1e-7  # X₀ = G / max(‖G‖_F, 1e-7), as torch.optim.Muon
 
 #: Newton–Schulz cubic, p(σ) = (3σ − σ³)/2 (Higham, "Functions of Matrices", eq. 8.20).
 #: Convergent for 0 < σ < √3, quadratically near 1.
@@ -84,12 +85,16 @@ class Schedule:
         norm_safety: X₀ = A / (norm_safety · ‖A‖_F); > 1 keeps σ(X₀) inside the design interval.
         tail: a convergent step repeated after ``coeffs`` until the loop's convergence test
             passes (``polar``), or ``None`` for a fixed-step schedule (``orthogonalize``).
+        norm_eps: ``None`` for the overflow-safe normalisation; a number for Muon's own,
+            X₀ = A / max(‖A‖_F, norm_eps) in the working dtype (KellerJordan/Muon,
+            torch.optim.Muon), which ``orthogonalize(method="muon")`` reproduces bit for bit.
     """
 
     name: str
     coeffs: tuple[Coeffs, ...]
     norm_safety: float = 1.0
     tail: Coeffs | None = None
+    norm_eps: float | None = None
 
 
 ITERATIVE_METHODS = ("muon", "polar_express", "newton_schulz")
@@ -98,7 +103,7 @@ ITERATIVE_METHODS = ("muon", "polar_express", "newton_schulz")
 def fixed_schedule(method: str, steps: int) -> Schedule:
     """The ``orthogonalize`` schedule: exactly ``steps`` steps of ``method``, no tail."""
     if method == "muon":
-        return Schedule("muon", (MUON_QUINTIC,) * steps)
+        return Schedule("muon", (MUON_QUINTIC,) * steps, norm_eps=MUON_NORM_EPS)
     if method == "newton_schulz":
         return Schedule("newton_schulz", (NEWTON_SCHULZ_QUINTIC,) * steps)
     if method == "polar_express":

@@ -1,0 +1,129 @@
+"""Opt-in diagnostics: per-group update and weight RMS, and the equilibrium the theory predicts.
+
+With decoupled weight decay, θ ← (1 − ηλ) θ − η u. When the updates are uncorrelated with θ
+(noise-dominated training), ‖θ‖² settles where decay and growth balance (Kosson et al.,
+"Rotational Equilibrium", ICML 2024; Su Jianlin's analysis of AdamW):
+
+    ‖θ‖² (2ηλ − η²λ²) = η² ‖u‖²     ⇒     ‖θ‖_RMS ≈ RMS(u) · √(η / 2λ)                   (1)
+
+For AdamW, the per-step updates m̂/√v̂ are correlated through the momentum, but their running
+sum behaves like Σ g/√v, of RMS 1 per element, so the prediction is ‖θ‖_RMS ≈ √(η/2λ).
+
+:class:`EquilibriumMonitor` measures, never prints: it hooks ``optimizer.step`` and reports
+:class:`GroupStats` through ``latest`` and an optional callback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .distributed import layout_of, local
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """One param group after one step.
+
+    Attributes:
+        group: index into ``optimizer.param_groups``.
+        algorithm: the group's ``algorithm`` ("polar" / "adamw"), or "" for other optimizers.
+        update_rms: RMS of the step without its weight decay, θ' − (1 − ηλ)θ, over the group.
+        weight_rms: RMS of the group's weights after the step.
+        predicted_weight_rms: AdamW's equilibrium √(η/2λ) of eq. (1) for AdamW groups with
+            λ > 0; ``None`` for other groups, whose updates (orthogonalized momentum) stay
+            correlated across steps, so that eq. (1) with the per-step RMS does not apply.
+    """
+
+    group: int
+    algorithm: str
+    update_rms: float
+    weight_rms: float
+    predicted_weight_rms: float | None
+
+
+def adamw_equilibrium_rms(lr: float, weight_decay: float) -> float:
+    """‖θ‖_RMS ≈ √(η / 2λ): eq. (1) with AdamW's unit-RMS normalized gradient."""
+    return math.sqrt(lr / (2.0 * weight_decay))
+
+
+class EquilibriumMonitor:
+    """Measure :class:`GroupStats` every ``every`` steps of ``optimizer`` (any torch optimizer).
+
+    Example::
+
+        monitor = EquilibriumMonitor(opt, every=100, callback=lambda stats: log(stats))
+        ...                                   # train as usual
+        monitor.latest                        # list[GroupStats] of the last measured step
+        monitor.remove()
+
+    A measured step costs one copy of the parameters that have gradients.
+    """
+
+    def __init__(self, optimizer: Optimizer, every: int = 1,
+                 callback: Callable[[list[GroupStats]], None] | None = None) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.optimizer = optimizer
+        self.every = every
+        self.callback = callback
+        self.latest: list[GroupStats] = []
+        self._steps = 0
+        self._before: list[list[Tensor]] | None = None
+        self._handles = [optimizer.register_step_pre_hook(self._pre_hook),
+                         optimizer.register_step_post_hook(self._post_hook)]
+
+    def remove(self) -> None:
+        """Detach from the optimizer."""
+        for handle in self._handles:
+            handle.remove()
+
+    def _pre_hook(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        self._before = None
+        if self._steps % self.every == 0:
+            self._before = [[local(p).detach().clone() for p in g["params"] if p.grad is not None]
+                            for g in optimizer.param_groups]
+        self._steps += 1
+
+    @torch.no_grad()
+    def _post_hook(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._before is None:
+            return
+        stats = []
+        for i, (group, before) in enumerate(zip(optimizer.param_groups, self._before)):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))
+            update = _rms([(local(p) - (1 - lr * wd) * b, p) for p, b in zip(params, before)])
+            weight = _rms([(local(p), p) for p in params])
+            algorithm = group.get("algorithm", "")
+            predicted = adamw_equilibrium_rms(lr, wd) if algorithm == "adamw" and wd > 0 else None
+            stats.append(GroupStats(i, algorithm, update, weight, predicted))
+        self._before = None
+        self.latest = stats
+        if self.callback is not None:
+            self.callback(stats)
+
+
+def _rms(pieces: list[tuple[Tensor, Tensor]]) -> float:
+    """RMS over all elements of the (local piece, parameter) pairs; slices of sharded
+    parameters are summed over their process group."""
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0
+    for piece, p in pieces:
+        sq = piece.double().square().sum().cpu()
+        lay = layout_of(p, None)
+        if lay.kind == "sharded":
+            sq = sq.to(piece.device)
+            dist.all_reduce(sq, group=lay.group)
+            sq = sq.cpu()
+        total += sq
+        count += p.numel()
+    return math.sqrt(float(total) / max(count, 1))

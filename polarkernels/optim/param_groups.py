@@ -1,0 +1,216 @@
+"""Parameter groups: which parameters take the polar update and which the AdamW fallback.
+
+Every group of a :class:`~polarkernels.optim.PolarGrad` (or :class:`~polarkernels.optim.Muon`)
+carries ``algorithm``: ``"polar"`` for matrices (and N-d weights, viewed as (out, rest)) or
+``"adamw"`` for everything else, and exactly the hyperparameters its algorithm reads
+(:data:`POLAR_KEYS`, :data:`ADAMW_KEYS`). A group given without ``algorithm`` is split by
+dimension: ≥ 2-D parameters → polar, the rest → AdamW. :func:`split_params` makes the usual
+finer choice for a whole model (embeddings and the output head to AdamW, as Muon recommends).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import ORTHOGONALIZE_METHODS
+
+POLAR = "polar"
+ADAMW = "adamw"
+ALGORITHMS = (POLAR, ADAMW)
+
+#: Keys a polar group reads (see PolarGrad's docstring for their meaning).
+POLAR_KEYS = ("lr", "weight_decay", "momentum", "nesterov", "polar_first", "scale", "method",
+              "steps", "dtype", "backend")
+#: Keys an AdamW group reads (torch.optim.AdamW's meaning).
+ADAMW_KEYS = ("lr", "weight_decay", "betas", "eps")
+#: The optimizer-wide defaults that fill an AdamW group's keys (None: use the polar value).
+ADAMW_DEFAULT_NAMES = {"lr": "adamw_lr", "weight_decay": "adamw_weight_decay",
+                       "betas": "adamw_betas", "eps": "adamw_eps"}
+
+#: ν in W ← (1 − ηλ) W − η ν U: ⟨X, U⟩ (PolarGrad), 1, Moonlight's 0.2·√max(m, n), or
+#: Keller Jordan's √max(1, m/n).
+SCALES = ("nuclear", "none", "rms", "shape")
+
+#: Module names (last component) treated as the output head by :func:`split_params`.
+HEAD_NAMES = ("lm_head", "head", "classifier", "output", "fc_out")
+
+
+def keys_for(algorithm: str) -> tuple[str, ...]:
+    """The hyperparameter keys a group of ``algorithm`` reads."""
+    return POLAR_KEYS if algorithm == POLAR else ADAMW_KEYS
+
+
+def default_algorithm(p: torch.Tensor) -> str:
+    """Polar for matrices and N-d weights, AdamW for scalars and vectors."""
+    return POLAR if p.ndim >= 2 else ADAMW
+
+
+def build_groups(param_group: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Turn one user param group into complete polar / AdamW groups (one or two).
+
+    Explicit keys of the user's group win over the optimizer's defaults; a group without
+    ``algorithm`` is split by :func:`default_algorithm` and each part keeps the keys its
+    algorithm reads (keys neither algorithm reads, such as ``initial_lr``, are kept as given).
+    """
+    params = param_group["params"]
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    elif isinstance(params, set):
+        raise TypeError("optimizer parameters need to be organized in ordered collections, but "
+                        "the ordering of tensors in sets will change between runs; use a list")
+    params = list(params)
+    for p in map(_tensor, params):
+        if isinstance(p, torch.Tensor) and torch.is_complex(p):
+            raise ValueError(f"complex parameters are not supported (got one of shape {tuple(p.shape)} "
+                             f"and dtype {p.dtype}); optimize torch.view_as_real(p) instead")
+    algorithm = param_group.get("algorithm")
+    if algorithm is None:
+        parts = {a: [p for p in params if default_algorithm(_tensor(p)) == a] for a in ALGORITHMS}
+        return [_complete({**param_group, "params": ps, "algorithm": a}, defaults, split=True)
+                for a, ps in parts.items() if ps]
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"param group 'algorithm' must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == POLAR:
+        for p in map(_tensor, params):
+            if p.ndim < 2:
+                raise ValueError(f"a 'polar' group needs parameters with ≥ 2 dimensions, got shape "
+                                 f"{tuple(p.shape)}; put it in an 'adamw' group")
+    return [_complete({**param_group, "params": params}, defaults, split=False)]
+
+
+def _tensor(item: Any) -> Any:
+    """The tensor of a params entry, which torch allows to be a (name, tensor) pair."""
+    return item[1] if isinstance(item, tuple) else item
+
+
+def _complete(group: dict[str, Any], defaults: Mapping[str, Any], *, split: bool) -> dict[str, Any]:
+    """Fill the keys ``group['algorithm']`` reads from ``defaults``; drop or reject the others."""
+    algorithm = group["algorithm"]
+    own = keys_for(algorithm)
+    foreign = sorted((set(POLAR_KEYS) | set(ADAMW_KEYS)) - set(own) & set(group))
+    if foreign and not split:
+        raise ValueError(f"param group with algorithm {algorithm!r} got key(s) {foreign} that only "
+                         f"{'adamw' if algorithm == POLAR else 'polar'} groups read")
+    out = {k: v for k, v in group.items() if k not in foreign}
+    for key in own:
+        if key in out:
+            continue
+        if algorithm == ADAMW and defaults.get(ADAMW_DEFAULT_NAMES[key]) is not None:
+            out[key] = defaults[ADAMW_DEFAULT_NAMES[key]]
+        else:
+            out[key] = defaults[key]
+    check_hyperparameters(out)
+    return out
+
+
+def check_hyperparameters(group: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the bad value of any hyperparameter of ``group``."""
+    where = f"({group['algorithm']} group)"
+    _check_nonneg_finite("lr", group["lr"], where)
+    _check_nonneg_finite("weight_decay", group["weight_decay"], where)
+    if group["algorithm"] == ADAMW:
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(isinstance(b, float | int) and 0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"betas {where} must be two floats in [0, 1), got {betas!r}")
+        if not (isinstance(group["eps"], float | int) and group["eps"] >= 0.0):
+            raise ValueError(f"eps {where} must be a non-negative float, got {group['eps']!r}")
+        return
+    momentum = group["momentum"]
+    if not (isinstance(momentum, float | int) and 0.0 <= momentum < 1.0):
+        raise ValueError(f"momentum {where} must be in [0, 1), got {momentum!r}")
+    for flag in ("nesterov", "polar_first"):
+        if not isinstance(group[flag], bool):
+            raise ValueError(f"{flag} {where} must be a bool, got {group[flag]!r}")
+    if group["scale"] not in SCALES:
+        raise ValueError(f"scale {where} must be one of {SCALES}, got {group['scale']!r}")
+    if group["method"] not in ORTHOGONALIZE_METHODS:
+        raise ValueError(f"method {where} must be one of {ORTHOGONALIZE_METHODS}, got {group['method']!r}")
+    steps = group["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps {where} must be a positive int, got {steps!r}")
+    if group["dtype"] is not None and not isinstance(group["dtype"], torch.dtype):
+        raise ValueError(f"dtype {where} must be a torch.dtype or None, got {group['dtype']!r}")
+    if not isinstance(group["backend"], str):
+        raise ValueError(f"backend {where} must be a str, got {group['backend']!r}")
+
+
+def _check_nonneg_finite(name: str, value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, float | int) or not (0.0 <= value < math.inf):
+        raise ValueError(f"{name} {where} must be a finite number ≥ 0, got {value!r}")
+
+
+def check_group_keys(group: Mapping[str, Any], index: int) -> None:
+    """Raise ``KeyError`` with a readable message when a group lacks a key its algorithm reads.
+
+    Groups lose keys when edited by hand or loaded from a checkpoint of another optimizer.
+    """
+    algorithm = group.get("algorithm")
+    if algorithm not in ALGORITHMS:
+        raise KeyError(f"param group {index} has no valid 'algorithm' (got {algorithm!r}; expected one "
+                       f"of {ALGORITHMS}); was this state_dict saved by another optimizer?")
+    missing = [k for k in keys_for(algorithm) if k not in group]
+    if missing:
+        raise KeyError(f"param group {index} ({algorithm}) is missing required key(s) {missing}")
+
+
+def split_params(model: nn.Module, *, embeddings: str = ADAMW, head: str = ADAMW,
+                 head_names: Iterable[str] = HEAD_NAMES,
+                 overrides: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Split ``model``'s parameters into a polar group and an AdamW group.
+
+    Default rule (Muon's advice): ≥ 2-D weights → polar; biases, norms and other < 2-D
+    parameters → AdamW; ``nn.Embedding``/``nn.EmbeddingBag`` weights → ``embeddings``; the
+    weights of modules whose last name component is in ``head_names`` → ``head``. Tied
+    parameters count once, under the first module that holds them.
+
+    Args:
+        model: the module whose ``named_parameters()`` are split (frozen ones are skipped).
+        embeddings: "adamw" (default) or "polar".
+        head: "adamw" (default) or "polar".
+        head_names: module-name components that mark the output head.
+        overrides: ``{pattern: "polar" | "adamw"}``, ``fnmatch`` patterns on parameter names
+            ("blocks.*.attn.*.weight"); the last matching pattern wins. A pattern that matches
+            no parameter, or "polar" for a < 2-D parameter, raises ``ValueError``.
+
+    Returns:
+        ``[{"params": [...], "algorithm": "polar"}, {"params": [...], "algorithm": "adamw"}]``,
+        empty groups left out; pass it to the optimizer (extra keys per group are allowed).
+    """
+    for name, choice in (("embeddings", embeddings), ("head", head), *(overrides or {}).items()):
+        if choice not in ALGORITHMS:
+            raise ValueError(f"choice for {name!r} must be one of {ALGORITHMS}, got {choice!r}")
+    head_names = set(head_names)
+    role: dict[int, str] = {}
+    for module_name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            if id(p) in role:
+                continue
+            if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+                role[id(p)] = embeddings
+            elif module_name.rsplit(".", 1)[-1] in head_names and p.ndim >= 2:
+                role[id(p)] = head
+    chosen: dict[str, list[nn.Parameter]] = {POLAR: [], ADAMW: []}
+    matched: set[str] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        algorithm = role.get(id(p), default_algorithm(p))
+        for pattern, choice in (overrides or {}).items():
+            if fnmatch.fnmatchcase(name, pattern):
+                algorithm = choice
+                matched.add(pattern)
+        if algorithm == POLAR and p.ndim < 2:
+            raise ValueError(f"parameter {name!r} of shape {tuple(p.shape)} cannot take the polar "
+                             f"update (it needs ≥ 2 dimensions)")
+        chosen[algorithm].append(p)
+    unmatched = sorted(set(overrides or {}) - matched)
+    if unmatched:
+        raise ValueError(f"override pattern(s) {unmatched} match no parameter name of the model")
+    return [{"params": ps, "algorithm": a} for a, ps in chosen.items() if ps]
