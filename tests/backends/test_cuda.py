@@ -1,0 +1,394 @@
+"""The CUDA backend (csrc/ + polarkernels/backends/cuda.py) against the torch reference.
+
+Without a GPU: every .cu compiles with nvcc for sm_80 and sm_90 with warnings as errors, the
+kernel sources stay NVRTC-compatible, the parameter blocks match the C structs, the loader's
+errors say what to install, and setup.py installs without CUDA.
+The real kernels also run on the CPU, compiled against csrc/testing/host_emulation.h (small
+shapes). With a GPU (``gpu`` marker): every kernel against torch on fresh random inputs of many
+shapes, each dtype, outputs poisoned beforehand. ``POLARKERNELS_CUDA_LOADER=ext`` or ``=cupy`` picks the
+load path under test.
+"""
+
+from __future__ import annotations
+
+import os
+import ctypes
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from matrices import rel_err
+from polarkernels.backends import cuda, get_ops, torch_ref
+from polarkernels.schedules import NEWTON_SCHULZ_CUBIC, fixed_schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+CSRC = ROOT / "csrc"
+CU_FILES = sorted(p.name for p in CSRC.glob("*.cu"))
+KERNEL_FILES = ["common.cuh", "grouped_gemm.cu", "fused_polar.cu", "group_copy.cu"]  # what NVRTC compiles
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH; the CUDA compile checks need it")
+
+
+# ---------------------------------------------------------------- no GPU needed
+
+ARCHS = ["sm_80", "sm_90"]
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+DTYPE_IDS = ["bf16", "f16", "f32"]
+LAYOUT_STRUCTS = ["GemmParams", "GemmDesc", "FusedParams", "FusedDesc", "SumsqParams", "SumsqDesc", "CopyParams",
+                  "CopyDesc"]
+
+
+def _mirror(struct: str):
+    return getattr(cuda, "_" + re.sub(r"(?<!^)(?=[A-Z])", "_", struct).upper())
+
+
+def _layout_program() -> str:
+    """A host program printing sizeof and every field offset of the parameter-block structs."""
+    lines = [f'printf("{s} sizeof %zu\\n", sizeof(pk::{s}));' for s in LAYOUT_STRUCTS]
+    lines += [f'printf("{s} {f} %zu\\n", offsetof(pk::{s}, {f}));'
+              for s in LAYOUT_STRUCTS for f in _mirror(s).names if not f.startswith("pad")]
+    return ("#include <cstdio>\n#include <cstddef>\n" + "".join(f'#include "{f}"\n' for f in KERNEL_FILES[1:])
+            + "int main() {\n" + "\n".join(lines) + "\n}\n")
+
+
+@pytest.fixture(scope="module")
+def nvcc_runs(tmp_path_factory):
+    """All nvcc jobs of this module at once (they dominate its run time), keyed by test id."""
+    out = tmp_path_factory.mktemp("nvcc")
+    strict = ["-std=c++17", "--Werror", "all-warnings", f"-I{CSRC}"]
+    jobs = {}
+    for src in CU_FILES:
+        for arch in ARCHS:
+            # Kernel files are device-only (what NVRTC compiles): a cubin; launch.cu has host code too.
+            mode = ["-c", "-Xcompiler", "-Wall,-Wextra,-Werror"] if src == "launch.cu" else ["-cubin"]
+            jobs[src, arch] = [NVCC, *mode, f"-arch={arch}", *strict, str(CSRC / src), "-o", str(out / f"{src}.{arch}")]
+    (out / "layout.cu").write_text(_layout_program())
+    jobs["layout"] = [NVCC, "-std=c++17", "-gencode", "arch=compute_90,code=compute_90", f"-I{CSRC}",
+                      str(out / "layout.cu"), "-o", str(out / "layout")]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {key: pool.submit(subprocess.run, cmd, capture_output=True, text=True) for key, cmd in jobs.items()}
+    runs = {key: (jobs[key], f.result()) for key, f in futures.items()}
+    runs["layout_exe"] = out / "layout"
+    return runs
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", CU_FILES)
+def test_cu_compiles_without_warnings(nvcc_runs, source, arch):
+    cmd, run = nvcc_runs[source, arch]
+    assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stdout}\n{run.stderr}"
+
+
+def test_kernel_sources_are_nvrtc_compatible():
+    """NVRTC has no system or CUDA headers: kernel files may include only common.cuh."""
+    for name in KERNEL_FILES:
+        includes = re.findall(r'^\s*#\s*include\s*([<"][^>"]+[>"])', (CSRC / name).read_text(), re.M)
+        assert set(includes) <= {'"common.cuh"'}, f"{name} includes {includes}"
+
+
+@needs_nvcc
+def test_parameter_blocks_match_the_c_structs(nvcc_runs):
+    """Every field offset and struct size of cuda.py's NumPy mirrors equals the C layout."""
+    cmd, build = nvcc_runs["layout"]
+    assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr}"
+    printed = subprocess.run([str(nvcc_runs["layout_exe"])], capture_output=True, text=True, check=True).stdout
+    checked = 0
+    for line in printed.splitlines():
+        struct, field, value = line.split()
+        mirror = _mirror(struct)
+        expected = mirror.itemsize if field == "sizeof" else mirror.fields[field][1]
+        assert int(value) == expected, f"{struct}.{field}: C says {value}, cuda.py says {expected}"
+        checked += 1
+    assert checked == len(LAYOUT_STRUCTS) + sum(
+        len([f for f in _mirror(s).names if not f.startswith("pad")]) for s in LAYOUT_STRUCTS)
+
+
+def test_unavailable_without_gpu_says_why(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ok, reason = cuda.available()
+    assert not ok and "no CUDA device" in reason
+
+
+def test_unavailable_without_loader_gives_install_hint(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    monkeypatch.setitem(sys.modules, "polarkernels._C", None)
+    monkeypatch.delenv("POLARKERNELS_CUDA_LOADER", raising=False)
+    cuda._loader_or_reason.cache_clear()
+    try:
+        ok, reason = cuda.available()
+        assert not ok
+        for needed in ("polarkernels._C is not built", "CuPy is not importable", "pip install cupy-cuda12x",
+                       "POLARKERNELS_BUILD_CUDA=1 pip install --no-build-isolation"):
+            assert needed in reason, f"{needed!r} missing from: {reason}"
+        with pytest.raises(RuntimeError, match="pip install cupy"):
+            get_ops("cuda")
+    finally:
+        cuda._loader_or_reason.cache_clear()
+
+
+def test_bad_loader_choice_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("POLARKERNELS_CUDA_LOADER", "nvcc")
+    cuda._loader_or_reason.cache_clear()
+    try:
+        ok, reason = cuda.available()
+        assert not ok and "POLARKERNELS_CUDA_LOADER='nvcc'" in reason
+    finally:
+        cuda._loader_or_reason.cache_clear()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: cuda.orthogonalize_group([torch.ones(3, 4)], [(1.0, 0.0, 0.0)], 1.0),
+    lambda: cuda.gram(torch.ones(3, 4)),
+], ids=["group", "gram"])
+def test_cpu_tensors_are_refused(call):
+    with pytest.raises(ValueError, match="must be a CUDA tensor"):
+        call()
+
+
+@pytest.fixture(scope="module")
+def setup_module_ns():
+    return runpy.run_path(str(ROOT / "setup.py"), run_name="polarkernels_setup_under_test")
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="checks the decision on a CPU-only torch")
+def test_setup_skips_extension_on_cpu_torch(setup_module_ns):
+    decide = setup_module_ns["cuda_build_decision"]
+    assert decide("") == (False, f"torch {torch.__version__} is a CPU-only build")
+    assert decide("0") == (False, "POLARKERNELS_BUILD_CUDA=0")
+    with pytest.raises(RuntimeError, match="POLARKERNELS_BUILD_CUDA=1 but .* CPU-only"):
+        decide("1")
+
+
+def test_setup_rejects_bad_flag(setup_module_ns):
+    with pytest.raises(RuntimeError, match="must be 0 or 1"):
+        setup_module_ns["cuda_build_decision"]("yes")
+
+
+def test_setup_ships_kernel_sources(tmp_path):
+    """build_py on a copy of the project: the package gets csrc/*.cu(h), and no CUDA is needed."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for item in ("setup.py", "pyproject.toml", "README.md", "polarkernels", "csrc"):
+        if (ROOT / item).is_dir():
+            shutil.copytree(ROOT / item, proj / item, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        elif (ROOT / item).exists():
+            shutil.copy2(ROOT / item, proj / item)
+    env = dict(os.environ, POLARKERNELS_BUILD_CUDA="0")
+    run = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+                         cwd=proj, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    shipped = sorted(p.name for p in (tmp_path / "lib" / "polarkernels" / "csrc").iterdir())
+    assert shipped == sorted(p.name for p in CSRC.iterdir() if p.suffix in (".cu", ".cuh"))
+
+
+# ---------------------------------------------------------------- checks shared by CPU and GPU runs
+
+def _poison_allocator(device) -> None:
+    """Leave NaN in the blocks the allocator hands out next (torch's caching allocator on CUDA:
+    small and large pools; glibc's on the CPU, likely), so that an output element no kernel
+    wrote shows up as non-finite."""
+    for numel in (1 << 18, 1 << 24):
+        torch.full((numel,), float("nan"), device=device)
+
+
+def _assert_within(actual, ref64, baseline, *, factor: float, floor: float, what: str) -> None:
+    """rel_err(actual, ref64) ≤ factor · rel_err(baseline, ref64) + floor, all finite."""
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values (unwritten or overflowed output)"
+    err, base = rel_err(actual, ref64), rel_err(baseline, ref64)
+    assert err <= factor * base + floor, f"{what}: error {err:.3e} vs torch's {base:.3e} on the same inputs"
+
+
+def _check_primitives(shape, dtype, device):
+    x = (torch.randn(shape, device=device) / shape[-1] ** 0.5).to(dtype)  # S = X Xᵀ of order 1: no fp16 overflow
+    eps = torch.finfo(dtype).eps  # floor: one rounding of a result that torch happens to get exact
+    # Each output entry is one fp32-accumulated dot product rounded once to `dtype`, as in torch;
+    # only the summation order differs, so allow 2× torch's error plus one rounding (measured
+    # ≤ 1.6× on the host-emulated kernels, where fp32 poly is the largest ratio).
+    s_ref = torch_ref.gram(x.double())
+    _poison_allocator(device)
+    _assert_within(cuda.gram(x), s_ref, torch_ref.gram(x), factor=2.0, floor=eps, what=f"gram {shape} {dtype}")
+    sym = s_ref.to(dtype)  # an exactly symmetric input in the working dtype
+    b, c = -2.5, 1.7
+    p_ref = torch_ref.poly(sym.double(), b, c)
+    _poison_allocator(device)
+    _assert_within(cuda.poly(sym, b, c), p_ref, torch_ref.poly(sym, b, c), factor=2.0, floor=eps,
+                   what=f"poly {shape} {dtype}")
+    bmat = (sym.double() / max(1.0, float(sym.double().abs().max()))).to(dtype)
+    y_ref = torch_ref.apply(bmat.double(), x.double(), 1.5)
+    _poison_allocator(device)
+    _assert_within(cuda.apply(bmat, x, 1.5), y_ref, torch_ref.apply(bmat, x, 1.5), factor=2.0, floor=eps,
+                   what=f"apply {shape} {dtype}")
+
+
+def _torch_loop(a, coeffs, safety, dtype):
+    """The per-matrix reference loop in ``dtype`` (torch_ref ops), normalised in fp32/fp64."""
+    tall = a.shape[0] > a.shape[1]
+    x = a.mT if tall else a
+    wide = x.double() if dtype == torch.float64 else x.float()
+    norm = torch.linalg.matrix_norm(wide) * safety
+    x = (wide / norm if norm > 0 else wide * 0).to(dtype)
+    for ca, cb, cc in coeffs:
+        x = torch_ref.apply(torch_ref.poly(torch_ref.gram(x), cb, cc), x, ca)
+    return x.mT if tall else x
+
+
+# (name, coeffs, norm_safety): both quintic schedules, and the cubic (c = 0: poly is skipped).
+PE5 = fixed_schedule("polar_express", 5)
+SCHEDULES = [("polar_express", PE5.coeffs, PE5.norm_safety),
+             ("muon", fixed_schedule("muon", 5).coeffs, 1.0),
+             ("cubic", (NEWTON_SCHULZ_CUBIC,) * 6, 1.0)]
+
+
+def _check_group(shapes, dtype, name, coeffs, safety, path, device):
+    mats = [torch.randn(s, device=device).to(dtype) for s in shapes] + [torch.zeros(8, 12, device=device,
+                                                                                   dtype=dtype)]
+    _poison_allocator(device)
+    outs = cuda.orthogonalize_group(mats, coeffs, safety, path=path)
+    for a, u in zip(mats, outs):
+        what = f"{tuple(a.shape)} {dtype} {name} {path}"
+        assert u.shape == a.shape and u.dtype == dtype, what
+        if not a.any():
+            assert (u == 0).all(), f"{what}: zero input must give zero output"
+            continue
+        ref64 = _torch_loop(a.double(), coeffs, safety, torch.float64)
+        # Same loop, same rounding points, so bound by 2× the torch loop's own error in the same
+        # dtype (measured ≤ 1.25× for 16-bit). fp32 floor: the steep first Polar Express steps
+        # amplify a last-bit difference in ‖A‖ up to ~100× on a 1×n matrix (measured 1.9e-5
+        # while torch's own error happened to be 1.9e-7).
+        floor = 5e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+        _assert_within(u, ref64, _torch_loop(a, coeffs, safety, dtype), factor=2.0, floor=floor, what=what)
+
+
+# ---------------------------------------------------------------- kernels on the CPU
+# The real kernel sources, compiled for the host against csrc/testing/host_emulation.h (threads
+# for GPU threads, PTX ldmatrix/mma semantics emulated), run on CPU tensors through the same
+# Python launcher: CI without a GPU still checks every kernel against torch. Slow (a block is
+# 256 OS threads), so the shapes are small; they still cover odd sizes, misaligned rows (the
+# element-wise loads), aligned rows (the 16-byte path), batches, both orientations and zero input.
+
+GXX = shutil.which("g++")
+
+
+def _emulator_source() -> str:
+    common = (CSRC / "common.cuh").read_text()
+    portable = common[common.index("// Fragment addressing"):common.index("}  // namespace pk")]
+    parts = [(CSRC / "testing" / "host_emulation.h").read_text(), "namespace pk {\n" + portable + "}\n"]
+    names = []
+    for name in KERNEL_FILES[1:]:
+        text = (CSRC / name).read_text().replace('#include "common.cuh"', "")
+        text = text.replace("extern __shared__ __align__(16) unsigned char smem[];", "unsigned char* smem = emu::smem;")
+        text = text.replace("__shared__", "static")  # one block runs at a time
+        names += re.findall(r'extern "C" __global__ void __launch_bounds__\(256\) (\w+)\(', text)
+        parts.append(text.replace('extern "C" __global__ void __launch_bounds__(256) ', "void "))
+    table = ",\n".join(f'{{"{n}", reinterpret_cast<void (*)(const void*)>(&{n})}}' for n in names)
+    parts.append('#include <string>\nstruct Entry { const char* name; void (*fn)(const void*); };\n'
+                 f"static const Entry kTable[] = {{{table}}};\n"
+                 'extern "C" int emu_launch(const char* name, unsigned grid, const void* params) {\n'
+                 "  for (const Entry& e : kTable)\n"
+                 "    if (std::string(e.name) == name) { emu::run_grid(e.fn, grid, params); return 0; }\n"
+                 "  return 1;\n}\n")
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    if GXX is None:
+        pytest.skip("g++ is not on PATH; the host emulation of the kernels needs it")
+    out = tmp_path_factory.mktemp("emu")
+    (out / "kernels.cpp").write_text(_emulator_source())
+    build = subprocess.run([GXX, "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", str(out / "kernels.cpp"),
+                            "-o", str(out / "libkernels.so")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    lib = ctypes.CDLL(str(out / "libkernels.so"))
+    lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_void_p]
+    return lib
+
+
+@pytest.fixture
+def on_host(host_kernels, monkeypatch):
+    """Route cuda.py's launches to the host-compiled kernels; CPU tensors stand in for CUDA ones."""
+    def run(launches):
+        blob = b"".join(launches._blobs)
+        buf = ctypes.create_string_buffer(blob, len(blob))
+        for kernel, grid, smem, offset in launches._items:
+            assert smem <= 232448, f"{kernel} asks {smem} B of shared memory, more than an H100 block has"
+            assert host_kernels.emu_launch(kernel.encode(), grid, ctypes.addressof(buf) + offset) == 0, kernel
+
+    monkeypatch.setattr(cuda._Launches, "run", run)
+    monkeypatch.setattr(cuda, "_check_cuda", lambda x, what: None)
+    monkeypatch.setattr(cuda, "_smem_optin", lambda index: 232448)  # H100's opt-in limit per block
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(3, 5), (17, 40), (2, 33, 65)], ids=lambda s: "x".join(map(str, s)))
+def test_host_kernels_primitives_match_torch(on_host, shape, dtype):
+    _check_primitives(shape, dtype, "cpu")
+
+
+@pytest.mark.parametrize("path", ["auto", "stepped"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_host_kernels_group_matches_torch_loop(on_host, dtype, path):
+    if dtype == torch.float32 and path == "auto":
+        pytest.skip("fp32 never fuses: 'auto' is 'stepped'")
+    shapes = [(1, 7), (9, 1), (33, 65), (40, 20)]
+    # Two steps of a quintic (c ≠ 0) and of the cubic (c = 0) reach every branch; more steps
+    # would only repeat the same launches (each emulated block costs 256 OS threads).
+    for name, coeffs, safety in (SCHEDULES[0], SCHEDULES[2]):
+        _check_group(shapes, dtype, name, coeffs[:2], safety, path, "cpu")
+
+
+# ---------------------------------------------------------------- GPU
+
+PRIM_SHAPES = [(1, 1), (3, 5), (17, 40), (64, 576), (130, 257), (128, 128), (2, 3, 33, 65), (4, 200, 300)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", PRIM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_primitives_match_torch(shape, dtype):
+    _check_primitives(shape, dtype, "cuda")
+
+
+# A ragged group: odd, tiny, tall and wide, fused-size and stepped-size (plus one zero matrix).
+GROUP_SHAPES = [(1, 1), (1, 7), (9, 1), (7, 3), (16, 16), (33, 65), (64, 576), (576, 64), (100, 300), (128, 129),
+                (129, 128), (200, 300), (300, 200), (257, 130), (768, 768), (384, 1536)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["auto", "stepped"])
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=[s[0] for s in SCHEDULES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_orthogonalize_group_matches_torch_loop(dtype, schedule, path):
+    _check_group(GROUP_SHAPES, dtype, *schedule, path, "cuda")
+
+
+@pytest.mark.gpu
+def test_fused_path_takes_small_and_refuses_large():
+    sched = fixed_schedule("polar_express", 5)
+    small = [torch.randn(s, device="cuda", dtype=torch.bfloat16) for s in [(64, 576), (576, 64), (128, 300)]]
+    assert [u.shape for u in cuda.orthogonalize_group(small, sched.coeffs, sched.norm_safety, path="fused")] == \
+        [a.shape for a in small]
+    with pytest.raises(ValueError, match="does not fit the fused kernel"):
+        cuda.orthogonalize_group([torch.randn(200, 300, device="cuda", dtype=torch.bfloat16)], sched.coeffs,
+                                 sched.norm_safety, path="fused")
+    with pytest.raises(ValueError, match="does not fit the fused kernel"):
+        cuda.orthogonalize_group([torch.randn(64, 64, device="cuda")], sched.coeffs, sched.norm_safety,
+                                 path="fused")
+
+
+@pytest.mark.gpu
+def test_mixed_dtypes_are_refused():
+    with pytest.raises(ValueError, match="one dtype and device"):
+        cuda.orthogonalize_group([torch.randn(4, 4, device="cuda"), torch.randn(4, 4, device="cuda").half()],
+                                 [(1.5, -0.5, 0.0)], 1.0)
