@@ -14,10 +14,11 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "blas", "triton", "cuda")
 
 _MODULES = {
     "torch": "polarkernels.backends.torch_ref",
+    "blas": "polarkernels.backends.blas",
     "triton": "polarkernels.backends.triton_ops",
     "cuda": "polarkernels.backends.cuda",
 }

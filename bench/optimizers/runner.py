@@ -1,0 +1,85 @@
+"""One training run: a problem, an optimizer at one sweep point, a seed, a step budget."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from polarkernels.optim import NonFiniteGradientError
+
+from .optimizers import OptimizerSpec, Setting
+from .problems import Budget, MatrixProblem, Problem
+
+#: A run whose metric exceeds this multiple of its initial value has diverged; it is stopped.
+DIVERGED_FACTOR = 1e3
+
+
+def run(problem: Problem, spec: OptimizerSpec, setting: Setting, seed: int, budget: Budget,
+        adamw: Setting | None) -> dict[str, Any]:
+    """Train once and return the record: the settings, the logged curve and the final metrics.
+
+    ``seed`` fixes the initial weights and the minibatch stream. The curve holds the step, the
+    problem's metrics (``loss`` first) and, for matrix problems, ‖∇f‖_* and κ₂(∇f) of the full
+    objective per parameter (``grad_nuc/X``, ``grad_cond/X``, ...). A run whose loss turns
+    non-finite or grows by :data:`DIVERGED_FACTOR` stops early with ``diverged: true`` and a
+    final loss of +inf, so that selection never picks it.
+    """
+    torch.manual_seed(seed)
+    model = problem.build(seed)
+    optimizer = spec.build(model, setting, adamw if spec.hybrid else None)
+    gen = torch.Generator().manual_seed(1_000_003 * (seed + 1))
+    evals = set(budget.eval_steps())
+    curve: dict[str, list[float]] = {}
+    log(curve, 0, _metrics(problem, model))
+    start_loss = curve["loss"][0]
+    diverged = False
+    start = time.perf_counter()
+    for step in range(1, budget.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        loss = problem.train_loss(model, gen)
+        if not torch.isfinite(loss):
+            diverged = True
+            break
+        loss.backward()
+        try:
+            optimizer.step()
+        except NonFiniteGradientError:
+            diverged = True
+            break
+        if step in evals:
+            log(curve, step, _metrics(problem, model))
+            last = curve["loss"][-1]
+            if not math.isfinite(last) or last > DIVERGED_FACTOR * max(start_loss, 1e-12):
+                diverged = True
+                break
+    seconds = time.perf_counter() - start
+    final = {k: v[-1] for k, v in curve.items() if k != "step"}
+    if diverged:
+        final["loss"] = math.inf
+    return {"problem": problem.name, "optimizer": spec.name, "lr": setting.lr, "decay": setting.decay,
+            "seed": seed, "steps": budget.steps, "adamw": None if adamw is None or not spec.hybrid
+            else {"lr": adamw.lr, "decay": adamw.decay}, "diverged": diverged,
+            "steps_done": curve["step"][-1], "seconds": round(seconds, 2), "final": final, "curve": curve}
+
+
+def log(curve: dict[str, list[float]], step: int, metrics: dict[str, float]) -> None:
+    """Append one evaluation (5 significant digits keep the JSON small)."""
+    curve.setdefault("step", []).append(step)
+    for key, value in metrics.items():
+        curve.setdefault(key, []).append(float(f"{value:.5g}") if math.isfinite(value) else value)
+
+
+def _metrics(problem: Problem, model: torch.nn.Module) -> dict[str, float]:
+    metrics = problem.evaluate(model)
+    if isinstance(problem, MatrixProblem):
+        for name, g in problem.gradient(model).items():
+            if not torch.isfinite(g).all():                               # diverging: logged as null
+                metrics[f"grad_nuc/{name}"] = metrics[f"grad_cond/{name}"] = math.nan
+                continue
+            s = torch.linalg.svdvals(g.double())
+            metrics[f"grad_nuc/{name}"] = float(s.sum())                  # ‖∇f‖_*
+            metrics[f"grad_cond/{name}"] = float(s[0] / s[-1])            # κ₂(∇f) = σ_max/σ_min
+    return metrics

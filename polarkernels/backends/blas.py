@@ -1,0 +1,148 @@
+"""The BLAS backend: ``gram``, ``poly`` and ``apply`` through ``scipy.linalg.blas`` on CPU tensors.
+
+Same names, signatures and semantics as :mod:`polarkernels.backends.torch_ref` (the reference it
+is tested against), for CPU float32/float64 tensors:
+
+    gram(x)            S = X Xᵀ        ?SYRK, one triangle, mirrored         m²n FLOPs (gemm: 2m²n)
+    poly(s, b, c)      B = b S + c S²  ?SYRK on S (S S = S Sᵀ), β = b, mirrored   m³ (gemm: 2m³)
+    apply(bmat, x, a)  X' = a X + B X  ?GEMM with the a X term in β               2m²n
+
+so one quintic step on a wide m×n X costs 3m²n + m³ FLOPs instead of 4m²n + 2m³. The BLAS
+routines read the tensors' memory in place (a row-major matrix is a column-major view of its
+transpose, so each product is posed on whichever of X, Xᵀ is Fortran-contiguous: no copies), and
+write into the freshly allocated result. Matrices that are neither row- nor column-contiguous
+are copied once. Batches ``(..., m, n)`` loop over the batch in Python: one BLAS call per matrix.
+
+Not supported: other dtypes (``TypeError``; use the ``torch`` backend for bfloat16/float16), CUDA
+tensors (``ValueError``), autograd (results carry no graph).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+NAME = "blas"
+
+try:
+    from scipy.linalg import blas as _blas
+except ImportError as exc:  # the import guard: this module imports without scipy
+    _IMPORT_ERROR: str | None = str(exc)
+else:
+    _IMPORT_ERROR = None
+    _SYRK = {torch.float32: _blas.ssyrk, torch.float64: _blas.dsyrk}
+    _GEMM = {torch.float32: _blas.sgemm, torch.float64: _blas.dgemm}
+
+
+def available() -> tuple[bool, str]:
+    """(True, scope note) when scipy's BLAS can be called, else (False, why and what to install)."""
+    if _IMPORT_ERROR is not None:
+        return False, f"scipy is not installed ({_IMPORT_ERROR}); pip install scipy"
+    return True, "CPU float32/float64 tensors only"
+
+
+def gram(x: Tensor) -> Tensor:
+    """S = X Xᵀ, shape (..., m, m), exactly symmetric; matches ``torch_ref.gram``."""
+    _check(x, "x")
+    m, n = x.shape[-2:]
+    out = x.new_empty((*x.shape[:-2], m, m))  # β = 0: SYRK never reads it
+    if out.numel() == 0 or n == 0:
+        return out.zero_()
+    syrk = _SYRK[x.dtype]
+    x_views, x_row_major = _fortran(x)
+    for xf, sf in zip(x_views, _fortran(out)[0]):
+        # row-major X is the column-major Xᵀ: S = (Xᵀ)ᵀ Xᵀ is SYRK's trans=1 form, else X Xᵀ.
+        syrk(1.0, xf, trans=int(x_row_major), c=sf, overwrite_c=1)
+    return _mirror_lower(out)
+
+
+def poly(s: Tensor, b: float, c: float) -> Tensor:
+    """B = b S + c S² for symmetric S, exactly symmetric; matches ``torch_ref.poly``.
+
+    S² = S Sᵀ for symmetric S, so it is one SYRK with the b S term in β: B = c S Sᵀ + b S.
+    """
+    _check(s, "s")
+    if c == 0.0:
+        return s * b
+    out = s.clone(memory_format=torch.contiguous_format)
+    if out.numel() == 0:
+        return out
+    syrk = _SYRK[s.dtype]
+    # S is symmetric, so either column-major view of its memory (S or Sᵀ) is S itself.
+    for sf, bf in zip(_fortran(s)[0], _fortran(out)[0]):
+        syrk(c, sf, beta=b, c=bf, overwrite_c=1)
+    return _mirror_lower(out)
+
+
+def apply(bmat: Tensor, x: Tensor, a: float) -> Tensor:
+    """X' = a X + B X for any square B; matches ``torch_ref.apply``.
+
+    One GEMM with X in C and β = a, posed on X' when X is column-major and on
+    X'ᵀ = a Xᵀ + Xᵀ Bᵀ when it is row-major, so that no operand is copied; the result keeps
+    X's memory layout (so the next ``gram`` reads it in place too).
+    """
+    _check(bmat, "bmat")
+    _check(x, "x")
+    if bmat.dtype != x.dtype:
+        raise TypeError(f"bmat and x must have the same dtype, got {bmat.dtype} and {x.dtype}")
+    m, n = x.shape[-2:]
+    if bmat.shape != (*x.shape[:-2], m, m):
+        raise ValueError(f"bmat must have shape {(*x.shape[:-2], m, m)}, got {tuple(bmat.shape)}")
+    if x.numel() == 0:
+        return x.clone()
+    gemm = _GEMM[x.dtype]
+    x_views, x_row_major = _fortran(x)
+    b_views, b_row_major = _fortran(bmat)
+    if x_row_major:
+        out = x.clone(memory_format=torch.contiguous_format)
+    else:
+        out = x.mT.clone(memory_format=torch.contiguous_format).mT
+    for xf, bf, of in zip(x_views, b_views, _fortran(out)[0]):
+        if x_row_major:  # X'ᵀ = a Xᵀ + Xᵀ Bᵀ; bf is Bᵀ when B is row-major, else B
+            gemm(1.0, xf, bf, beta=a, c=of, trans_b=int(not b_row_major), overwrite_c=1)
+        else:            # X' = a X + B X
+            gemm(1.0, bf, xf, beta=a, c=of, trans_a=int(b_row_major), overwrite_c=1)
+    return out
+
+
+def _check(t: Tensor, what: str) -> None:
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(available()[1])
+    if t.device.type != "cpu":
+        raise ValueError(f"the blas backend needs CPU tensors; {what} is on {t.device}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the blas backend supports float32 and float64, {what} is {t.dtype}; "
+                        "use backend='torch' for half precision")
+    if t.ndim < 2:
+        raise ValueError(f"{what} must be (..., m, n), got shape {tuple(t.shape)}")
+
+
+def _fortran(t: Tensor) -> tuple[list[np.ndarray], bool]:
+    """Column-major NumPy views of each matrix of the batch, sharing the tensor's memory, and
+    whether they are the transposes (True when the matrices are row-major). A batch of matrices
+    that are neither row- nor column-major is copied to row-major first."""
+    m, n = t.shape[-2:]
+    t3 = t.detach().reshape(-1, m, n)
+    row_major = t3.stride(-1) == 1 and (t3.stride(-2) == n or m == 1)
+    col_major = t3.stride(-2) == 1 and (t3.stride(-1) == m or n == 1)
+    if not (row_major or col_major):
+        t3, row_major = t3.contiguous(), True
+    arrays = t3.numpy()
+    return [a.T if row_major else a for a in arrays], row_major
+
+
+@lru_cache(maxsize=8)
+def _lower_mask(m: int) -> Tensor:
+    return torch.ones(m, m, dtype=torch.bool).tril()
+
+
+def _mirror_lower(s: Tensor) -> Tensor:
+    """Copy the valid triangle of SYRK's result onto the other, exactly.
+
+    SYRK (uplo='U') fills the upper triangle of the column-major view, which is the lower
+    triangle of the row-major tensor; the other triangle holds garbage until mirrored here.
+    """
+    return torch.where(_lower_mask(s.shape[-1]), s, s.mT)
