@@ -50,6 +50,9 @@ def test_orthogonalize_many_matches_per_matrix_calls_and_keeps_order():
 def test_auto_backend_rule_on_cpu_is_torch():
     from polarkernels import backends
 
-    # CPU tensors never pick the GPU backends, whatever their size or dtype.
+    # CPU tensors never pick the GPU backends; BLAS takes single large fp32/fp64 matrices.
     assert backends.resolve("auto", torch.empty(2048, 2048, dtype=torch.bfloat16)) == "torch"
+    assert backends.resolve("auto", torch.empty(512, 700)) == "blas"
+    assert backends.resolve("auto", torch.empty(2, 512, 700)) == "torch"
+    assert backends.resolve("auto", torch.empty(511, 700, dtype=torch.float64)) == "torch"
     assert backends.resolve("triton", torch.empty(2, 2)) == "triton"

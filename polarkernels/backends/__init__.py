@@ -40,6 +40,7 @@ def get_ops(name: str) -> ModuleType:
 #: (whose "ieee" dots run on the FP32 cores, not the tensor cores), cuBLAS through torch is as
 #: fast. Provisional: derived from the FLOP model, not yet from a GPU timing (bench/RESULTS.md).
 TRITON_MIN_SIDE = 1024
+BLAS_MIN_SIDE = 512
 TRITON_MIN_WORK = 2**30
 
 
@@ -47,15 +48,22 @@ def resolve(backend: str, x: Tensor) -> str:
     """The backend that ``backend="auto"`` means for ``x`` (in its working dtype); other names
     pass through after a check.
 
-    Rule for ``auto``: Triton when ``x`` is on CUDA, 16-bit, large enough (see
+    Rule for ``auto``: on CPU, BLAS for a single float32/float64 matrix with min(m, n) ≥
+    :data:`BLAS_MIN_SIDE`; on CUDA, Triton when ``x`` is 16-bit, large enough (see
     :data:`TRITON_MIN_SIDE`) and Triton is installed; plain torch otherwise.
     """
     if backend != "auto":
         if backend not in _MODULES:
             raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
         return backend
+    m, n = sorted(x.shape[-2:])
+    if not x.is_cuda and x.device.type == "cpu":
+        # BLAS ?syrk halves the Gram FLOPs: 1.2–1.6× over torch for single matrices with
+        # min(m, n) ≥ 512, slower below and on batches (Python loop) — bench/RESULTS.md.
+        if x.dtype in (torch.float32, torch.float64) and x.ndim == 2 and m >= BLAS_MIN_SIDE:
+            return "blas" if _available("blas") else "torch"
+        return "torch"
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
-        m, n = sorted(x.shape[-2:])
         batch = x.numel() // max(m * n, 1)
         if (m >= TRITON_MIN_SIDE or batch * m * m * n >= TRITON_MIN_WORK) and _available("triton"):
             return "triton"

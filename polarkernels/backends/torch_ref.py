@@ -28,11 +28,16 @@ def poly(s: Tensor, b: float, c: float) -> Tensor:
     """B = b S + c S² for symmetric S (c = 0 gives the cubic step's B = b S)."""
     if c == 0.0:
         return s * b
-    return torch.baddbmm(s.reshape(-1, *s.shape[-2:]), s.reshape(-1, *s.shape[-2:]),
-                         s.reshape(-1, *s.shape[-2:]), beta=b, alpha=c).reshape(s.shape)
+    s3 = _as_batch(s)
+    return torch.baddbmm(s3, s3, s3, beta=b, alpha=c).reshape(s.shape)
 
 
 def apply(bmat: Tensor, x: Tensor, a: float) -> Tensor:
     """X' = a X + B X."""
-    return torch.baddbmm(x.reshape(-1, *x.shape[-2:]), bmat.reshape(-1, *bmat.shape[-2:]),
-                         x.reshape(-1, *x.shape[-2:]), beta=a, alpha=1.0).reshape(x.shape)
+    x3 = _as_batch(x)
+    return torch.baddbmm(x3, _as_batch(bmat), x3, beta=a, alpha=1.0).reshape(x.shape)
+
+
+def _as_batch(t: Tensor) -> Tensor:
+    """(..., m, n) viewed as (batch, m, n); explicit batch size, so empty matrices work too."""
+    return t.reshape(t.shape[:-2].numel(), *t.shape[-2:])
