@@ -23,7 +23,7 @@ from polarkernels import backends
 from . import baselines
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-POLAR_METHODS = ("svd", "qdwh", "polar_express", "newton_schulz", "muon")
+POLAR_METHODS = ("auto", "svd", "qdwh", "polar_express", "newton_schulz", "muon")
 ORTHOGONALIZE_METHODS = ("polar_express", "muon", "newton_schulz", "qdwh")
 BASELINES = ("torch_svd", "scipy_polar", "torch_muon", "kj_muon")
 #: Backends worth timing per device. On CPU the Triton kernels run only in Triton's interpreter
@@ -162,8 +162,13 @@ def build_candidates(device: torch.device, *, polar_dtypes: Sequence[torch.dtype
                                      baselines.scipy_polar, hermitian=True))
             elif dtype == polar_dtypes[0]:
                 skipped.append("baseline scipy.linalg.polar: CPU only")
+        if "auto" in methods:
+            # what a user gets from pk.polar(a) with every default (check_finite included); the
+            # method "auto" resolves to, per polarkernels.api.polar: SVD on CPU, QDWH on CUDA
+            resolved = "svd" if device.type == "cpu" else "qdwh"
+            out.append(Candidate("polar(auto)", "polar", resolved, "auto", dtype, _polar_auto, hermitian=True))
         for method in methods:
-            if method not in POLAR_METHODS:
+            if method not in POLAR_METHODS or method == "auto":
                 continue
             for backend in names:
                 if method == "svd" and backend != "torch":
@@ -205,6 +210,11 @@ def build_candidates(device: torch.device, *, polar_dtypes: Sequence[torch.dtype
     if "blas" in names and torch.bfloat16 in orthogonalize_dtypes:
         skipped.append("backend blas: no bfloat16 routines (float32/float64 only)")
     return out, skipped
+
+
+def _polar_auto(a: Tensor) -> Tensor:
+    """``polar(a)``'s U with every default."""
+    return pk.polar(a)[0]
 
 
 def _polar_u(a: Tensor, *, method: str, backend: str) -> Tensor:

@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
           "the KellerJordan quintic on the same workload and dtype (> 1 is faster). Accuracy vs the float64 "
           "SVD polar factor of the same input.")
     print(report.markdown_table(runner.rows))
+    if summary := report.auto_vs_scipy(runner.rows):
+        print("\npolar() with every default vs scipy.linalg.polar (×: scipy time / polar time):")
+        print("\n".join(summary))
     if runner.skipped:
         print("\nSkipped:")
         print("\n".join(f"- {s}" for s in runner.skipped))

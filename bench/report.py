@@ -106,6 +106,28 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def auto_vs_scipy(rows: list[dict[str, Any]]) -> list[str]:
+    """Per workload and dtype: ``polar(a)`` with every default against ``scipy.linalg.polar``,
+    time ratio (> 1: polar() faster) and both distances to the float64 factor."""
+    def find(workload: str, dtype: str, name: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r["workload"] == workload and r["dtype"] == dtype
+                     and r["candidate"] == name), None)
+
+    out = []
+    for workload, dtype in dict.fromkeys((r["workload"], r["dtype"]) for r in rows):
+        auto, ref = find(workload, dtype, "polar(auto)"), find(workload, dtype, "scipy.linalg.polar")
+        if auto is None or ref is None:
+            continue
+        ratio = ref["median_s"] / auto["median_s"]
+        # IQRs overlapping means the two medians are not distinguishable in this run
+        tie = (auto["q25_s"] <= ref["q75_s"] and ref["q25_s"] <= auto["q75_s"])
+        verdict = "tie (IQRs overlap)" if tie else ("faster" if ratio > 1 else "SLOWER")
+        out.append(f"- {workload} [{dtype}]: polar(auto) {auto['median_s'] * 1e3:.3g} ms, scipy.linalg.polar "
+                   f"{ref['median_s'] * 1e3:.3g} ms: ×{ratio:.2f}, {verdict}; ‖U−U₆₄‖ "
+                   f"{auto['distance_to_polar']:.1e} vs {ref['distance_to_polar']:.1e}")
+    return out
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=1, default=str))
 

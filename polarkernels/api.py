@@ -24,7 +24,7 @@ from . import backends, iterate, schedules
 from .arrays import SUPPORTED_DTYPES, from_tensor, to_tensor
 from .gram_newton_schulz import gram_iterate
 from .qdwh import qdwh
-from .svd import svd_polar
+from .svd import svd_polar, svd_polar_decomposition
 
 POLAR_METHODS = ("auto", "svd", "qdwh", "polar_express", "newton_schulz", "muon")
 ORTHOGONALIZE_METHODS = ("muon", "polar_express", "newton_schulz", "qdwh", "svd")
@@ -84,8 +84,12 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
     work = x.to(torch.float32) if x.dtype in _HALF else x
     if method == "auto":
         method = "qdwh" if work.is_cuda else "svd"
-    u = _polar_factor(work, method, backend, steps, tol)
-    h = _hermitian_factor(u, work, side)
+    if method == "svd":
+        _require_torch_backend(method, backend, work)
+        u, h = svd_polar_decomposition(work, side)
+    else:
+        u = _polar_factor(work, method, backend, steps, tol)
+        h = _hermitian_factor(u, work, side)
     return from_tensor(u.to(x.dtype), kind), from_tensor(h.to(x.dtype), kind)
 
 
@@ -171,10 +175,7 @@ def _orthogonalize_group_cuda(gs: Sequence[Any], method: str, steps: int, dtype:
 
 
 def _polar_factor(x: Tensor, method: str, backend: str, steps: int | None, tol: float | None) -> Tensor:
-    """Converged U for float32/float64 ``x``."""
-    if method == "svd":
-        _require_torch_backend(method, backend, x)
-        return svd_polar(x)
+    """Converged U for float32/float64 ``x`` by an iterative method or QDWH."""
     ops = backends.get_ops(backends.resolve(backend, x))
     if method == "qdwh":
         result = qdwh(x, tol=tol, max_iter=10 if steps is None else steps, gram=ops.gram)
