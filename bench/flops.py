@@ -19,7 +19,9 @@ Inputs with m ≥ 1.5 n are first reduced to R (QR with Q: 4mn² − 4n³/3, and
 
 SVD (nominal; LAPACK's divide-and-conquer work depends on the spectrum): the R-SVD count of
 Golub & Van Loan, "Matrix Computations" 4th ed., §8.6.3, for U₁, Σ, V: 6Nk² + 20k³; U Vᵀ adds
-2Nk². ``scipy.linalg.polar`` also forms H = V Σ Vᵀ (2n²k).
+2Nk². ``polar(method="svd")`` and ``scipy.linalg.polar`` also form H = V Σ Vᵀ from the
+singular triplets: n²k with the symmetric count (polar() does it as one ?syrk of V Σ^½; scipy
+as the full product (Vᵀ Σ) V, 2n²k).
 
 Matmul reference (the "% matmul" column): one plain product of the step's shape, (k×k)·(k×N),
 2k²N FLOPs, timed in the same run, dtype and batch.
@@ -61,6 +63,11 @@ def svd_uvt(m: int, n: int) -> float:
 def hermitian(m: int, n: int) -> float:
     """H = Uᵀ A, n×n: 2mn²."""
     return 2.0 * m * n * n
+
+
+def hermitian_from_svd(m: int, n: int) -> float:
+    """H = (V Σ^½)(V Σ^½)ᵀ, n×n from the thin SVD (symmetric count): n²k."""
+    return float(n) * n * min(m, n)
 
 
 def qdwh_flops(m: int, n: int, qr_steps: int, chol_steps: int) -> float:

@@ -207,7 +207,7 @@ class Runner:
 
     def _count_one(self, cand: cases.Candidate, workload: cases.Workload, x: Tensor, m: int, n: int) -> flops.Count:
         if cand.method in ("svd", "scipy_polar"):
-            extra = flops.hermitian(m, n) if cand.hermitian else 0.0
+            extra = flops.hermitian_from_svd(m, n) if cand.hermitian else 0.0
             return flops.Count(flops.svd_uvt(m, n) + extra)
         key = (workload.name, x.shape, cand.family, cand.method, cand.steps,
                torch.float64 if cand.dtype == torch.float64 else torch.float32)

@@ -43,6 +43,13 @@ class Summary:
         return OPTIMIZERS[self.optimizer].label
 
     @property
+    def at_grid_edge(self) -> bool:
+        """Whether the chosen lr is the smallest or largest swept (the optimum may lie beyond it:
+        the sweep stopped growing the grid after ``max_extensions`` points)."""
+        lrs = [lr for lr, decay, _ in self.sweep if decay == 0]
+        return self.setting.lr in (min(lrs), max(lrs))
+
+    @property
     def mean(self) -> float:
         return statistics.fmean(self.finals)
 
@@ -126,13 +133,17 @@ def markdown_table(problem_title: str, metric: str, summaries: dict[str, Summary
             "speedup vs AdamW", *extra_keys, "ms/step"]
     lines = [f"**{problem_title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sorted(summaries.values(), key=lambda s: s.mean):
-        cells = [s.label, f"{s.setting.lr:.3g}", f"{s.setting.decay:.0e}" if s.setting.decay else "0",
+        lr = f"{s.setting.lr:.3g}{' †' if s.at_grid_edge else ''}"
+        cells = [s.label, lr, f"{s.setting.decay:.0e}" if s.setting.decay else "0",
                  f"{_fmt(s.mean)} ± {s.std:.2g} ({len(s.finals)})",
                  str(s.steps_to_target) if s.steps_to_target is not None else "not reached",
                  f"{s.speedup:.2f}×" if s.speedup is not None else "—",
                  *[f"{s.extras[k]:.4g}" if k in s.extras else "—" for k in extra_keys],
                  f"{s.ms_per_step:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(s.at_grid_edge for s in summaries.values()):
+        lines += ["", "† best at the edge of its swept learning-rate grid (after the allowed extensions): "
+                      "the optimum may lie beyond it."]
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ from bench.optimizers import sweep
 from bench.optimizers.__main__ import run_benchmark
 from bench.optimizers.problems import (DigitsMLP, LogisticRegression, MatrixCompletion,
                                        QuadraticRegression, StdlibCharLM, stdlib_corpus)
-from bench.optimizers.report import summarize
+from bench.optimizers.optimizers import Setting
+from bench.optimizers.report import Summary, markdown_table, summarize
 from bench.optimizers.store import RunStore
 from bench.optimizers.sweep import PROTOCOLS
 
@@ -196,3 +197,13 @@ def test_harness_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "run", no_training)
     assert run_benchmark(problems, optimizers, protocol, tmp_path, progress=False) == tables
     assert len(json.loads((tmp_path / "optimizers_test.json").read_text())["runs"]) == len(saved["runs"])
+
+
+def test_table_marks_a_best_lr_at_the_grid_edge():
+    sweep_points = [(1e-3, 0.0, 3.0), (3e-3, 0.0, 2.0), (1e-2, 0.0, 1.0)]
+    edge = Summary("sgd", Setting(1e-2), [1.0, 1.1], {"step": [0], "loss": [1.0]}, sweep_points)
+    inner = Summary("adamw", Setting(3e-3), [2.0, 2.1], {"step": [0], "loss": [2.0]}, sweep_points)
+    assert edge.at_grid_edge and not inner.at_grid_edge
+    table = markdown_table("t", "loss", {"adamw": inner, "sgd": edge})
+    assert "| 0.01 † |" in table and "| 0.003 |" in table and "† best at the edge" in table
+    assert "†" not in markdown_table("t", "loss", {"adamw": inner})
