@@ -18,7 +18,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from . import backends
+from .backends import blas, torch_ref
 
 #: CPU matrices at least this large (min side) take SciPy's ``?gesdd``. Measured on the 2-core
 #: AMD EPYC (torch 2.13 links MKL, SciPy OpenBLAS; bench/RESULTS.md): SciPy 1.1–1.5× faster
@@ -45,14 +45,13 @@ def svd_polar_decomposition(a: Tensor, side: str = "right") -> tuple[Tensor, Ten
     """
     work = _working(a)
     if _use_lapack(work):
-        u, p, s, qh = _lapack_polar(work, keep_factors=True)
-    else:
-        p, s, qh = torch.linalg.svd(work, full_matrices=False)
-        u = p @ qh
+        u, h = _lapack_polar(work, side)
+        return u.to(a.dtype), h.to(a.dtype)
+    p, s, qh = torch.linalg.svd(work, full_matrices=False)
     root = s.clamp_min(0).sqrt()  # σ ≥ 0; the clamp only guards the square root
     half = (qh * root[..., :, None]).mT if side == "right" else p * root[..., None, :]
-    h = backends.get_ops(backends.resolve("auto", half)).gram(half)
-    return u.to(a.dtype), ((h + h.mT) / 2).to(a.dtype)  # exact for ?syrk; torch's X Xᵀ may differ by an ulp
+    h = torch_ref.gram(half)
+    return (p @ qh).to(a.dtype), ((h + h.mT) / 2).to(a.dtype)  # X Xᵀ by matmul: not bitwise symmetric
 
 
 def _working(a: Tensor) -> Tensor:
@@ -64,15 +63,18 @@ def _use_lapack(a: Tensor) -> bool:
     return a.device.type == "cpu" and not a.requires_grad and min(a.shape[-2:]) >= LAPACK_MIN_SIDE
 
 
-def _lapack_polar(a: Tensor, keep_factors: bool = False) -> tuple[Tensor, ...]:
-    """U = P Qᵀ per matrix of the batch from SciPy's ``?gesdd`` (``?gesvd`` if it fails);
-    with ``keep_factors`` also (P, σ, Qᵀ)."""
+def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """(U, H) per matrix of the batch from SciPy's ``?gesdd`` (``?gesvd`` if it fails); H only
+    for ``side`` "right" or "left", as one ``?syrk`` of Q Σ^½ (or P Σ^½), exactly symmetric.
+
+    Everything between the LAPACK/BLAS calls is NumPy (one thread): see
+    :func:`polarkernels.backends.blas._copy` for why no torch kernel runs in between.
+    """
     flat = a.detach().reshape(-1, *a.shape[-2:]).numpy()
-    count, (m, n) = flat.shape[0], flat.shape[1:]
-    k = min(m, n)
-    u = np.empty((count, m, n), dtype=flat.dtype)
-    if keep_factors:
-        ps, ss, qhs = (np.empty(shape, dtype=flat.dtype) for shape in ((count, m, k), (count, k), (count, k, n)))
+    m, n = flat.shape[1:]
+    k = n if side == "right" else m
+    u = np.empty(flat.shape, dtype=flat.dtype)
+    h = None if side is None else np.empty((flat.shape[0], k, k), dtype=flat.dtype)
     for i, x in enumerate(flat):
         try:
             p, s, qh = scipy.linalg.svd(x, full_matrices=False, check_finite=False, lapack_driver="gesdd")
@@ -81,11 +83,9 @@ def _lapack_polar(a: Tensor, keep_factors: bool = False) -> tuple[Tensor, ...]:
             # slower but more robust
             p, s, qh = scipy.linalg.svd(x, full_matrices=False, check_finite=False, lapack_driver="gesvd")
         np.matmul(p, qh, out=u[i])
-        if keep_factors:
-            ps[i], ss[i], qhs[i] = p, s, qh
-    lead = a.shape[:-2]
+        if h is not None:
+            root = np.sqrt(np.maximum(s, 0))  # σ ≥ 0; the clamp only guards the square root
+            half = (qh.T * root) if side == "right" else (p * root)
+            h[i] = blas.gram(torch.from_numpy(half)).numpy()
     u_t = torch.from_numpy(u).reshape(a.shape)
-    if not keep_factors:
-        return (u_t,)
-    return (u_t, torch.from_numpy(ps).reshape(*lead, m, k), torch.from_numpy(ss).reshape(*lead, k),
-            torch.from_numpy(qhs).reshape(*lead, k, n))
+    return u_t, None if h is None else torch.from_numpy(h).reshape(*a.shape[:-2], k, k)

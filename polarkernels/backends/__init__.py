@@ -40,8 +40,10 @@ def get_ops(name: str) -> ModuleType:
 #: (whose "ieee" dots run on the FP32 cores, not the tensor cores), cuBLAS through torch is as
 #: fast. Provisional: derived from the FLOP model, not yet from a GPU timing (bench/RESULTS.md).
 TRITON_MIN_SIDE = 1024
-BLAS_MIN_SIDE = 512
 TRITON_MIN_WORK = 2**30
+#: ``auto`` picks BLAS for single CPU float32/float64 matrices with min(m, n) ≥ this, when torch
+#: runs one thread (see :func:`resolve`).
+BLAS_MIN_SIDE = 512
 
 
 def resolve(backend: str, x: Tensor) -> str:
@@ -49,8 +51,9 @@ def resolve(backend: str, x: Tensor) -> str:
     pass through after a check.
 
     Rule for ``auto``: on CPU, BLAS for a single float32/float64 matrix with min(m, n) ≥
-    :data:`BLAS_MIN_SIDE`; on CUDA, Triton when ``x`` is 16-bit, large enough (see
-    :data:`TRITON_MIN_SIDE`) and Triton is installed; plain torch otherwise.
+    :data:`BLAS_MIN_SIDE` when torch runs one intra-op thread; on CUDA, Triton when ``x`` is
+    16-bit, large enough (see :data:`TRITON_MIN_SIDE`) and Triton is installed; plain torch
+    otherwise.
     """
     if backend != "auto":
         if backend not in _MODULES:
@@ -58,9 +61,13 @@ def resolve(backend: str, x: Tensor) -> str:
         return backend
     m, n = sorted(x.shape[-2:])
     if not x.is_cuda and x.device.type == "cpu":
-        # BLAS ?syrk halves the Gram FLOPs: 1.2–1.6× over torch for single matrices with
-        # min(m, n) ≥ 512, slower below and on batches (Python loop) — bench/RESULTS.md.
-        if x.dtype in (torch.float32, torch.float64) and x.ndim == 2 and m >= BLAS_MIN_SIDE:
+        # BLAS ?syrk halves the Gram FLOPs: with one torch thread, 1.6–1.9× over torch for single
+        # matrices with min(m, n) ≥ 512 (bench/RESULTS.md). With more, torch's OpenMP pool and
+        # OpenBLAS's pthreads take turns on the cores between the loop's torch ops and the BLAS
+        # calls, and on 2 cores BLAS lost up to 2.2× below 2048² and won 1.1–1.2× at 2048².
+        # Batches loop over matrices in Python, so they stay on torch.
+        if (x.dtype in (torch.float32, torch.float64) and x.ndim == 2 and m >= BLAS_MIN_SIDE
+                and torch.get_num_threads() == 1):
             return "blas" if _available("blas") else "torch"
         return "torch"
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):

@@ -164,3 +164,12 @@ def test_convergent_polar_express_reaches_the_svd_factor(dtype):
     eps = torch.finfo(dtype).eps
     forward = float(torch.linalg.matrix_norm(result.u.double() - svd_polar(a64))) / math.sqrt(m)
     assert forward <= 40 * eps * cond * math.sqrt(m) + 40 * eps * math.sqrt(n), f"forward error {forward:.2e}"
+
+
+@pytest.mark.parametrize("block, m", [(4, 1), (4, 5), (4, 11), (256, 600)])
+def test_mirror_copies_the_lower_triangle_exactly_across_blocks(monkeypatch, block, m):
+    """The blocked mirror: diagonal blocks, partial last block, strips between blocks."""
+    monkeypatch.setattr(blas, "_MIRROR_BLOCK", block)
+    s = torch.randn(2, m, m, dtype=torch.float64)
+    expected = s.tril() + s.tril(-1).mT
+    assert torch.equal(blas._mirror_lower(s.clone()), expected)
