@@ -3,6 +3,12 @@
 On CUDA each run is bracketed by CUDA events (the GPU's own clock, no host overhead beyond the
 launch); on CPU by ``time.perf_counter``. Runs repeat until both ``min_runs`` runs and
 ``budget_s`` seconds are reached, or ``max_runs`` runs.
+
+On CPU each case starts after :data:`CPU_COOLDOWN_S` of sleep: OpenBLAS's worker threads spin
+for about 2²⁸ cycles (~0.1 s) after a call, and on a 2-core machine they slowed whatever ran next
+in another thread pool (torch's OpenMP, the other OpenBLAS of NumPy or SciPy) by up to 3× — a
+cost of the previous case, not of the one being timed. Within a case, calls run back to back, so
+a candidate that alternates thread pools itself still pays for it.
 """
 
 from __future__ import annotations
@@ -61,11 +67,17 @@ def _timed_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any
     return time.perf_counter() - t0, out
 
 
+#: Seconds of sleep before each CPU case (see the module docstring).
+CPU_COOLDOWN_S = 0.2
+
+
 def measure(fn: Callable[[], Any], device: torch.device, budget: Budget) -> tuple[Timing, Any, float]:
     """Time ``fn``: returns the timing, the output of the first (warm-up) call and its duration
     (which includes compilation and first-call allocation; reported separately)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    else:
+        time.sleep(CPU_COOLDOWN_S)
     first_s, first_out = _timed_call(fn, device)
     for _ in range(budget.warmup - 1):
         _timed_call(fn, device)

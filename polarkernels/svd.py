@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import torch
 from torch import Tensor
 
@@ -67,8 +68,9 @@ def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | 
     """(U, H) per matrix of the batch from SciPy's ``?gesdd`` (``?gesvd`` if it fails); H only
     for ``side`` "right" or "left", as one ``?syrk`` of Q Σ^½ (or P Σ^½), exactly symmetric.
 
-    Everything between the LAPACK/BLAS calls is NumPy (one thread): see
-    :func:`polarkernels.backends.blas._copy` for why no torch kernel runs in between.
+    Every product is SciPy's BLAS, the library ``?gesdd`` runs in, and everything between the
+    calls is single-threaded NumPy: no other thread pool (torch's OpenMP, NumPy's own OpenBLAS)
+    runs in between (see :func:`polarkernels.backends.blas._copy` for what that costs).
     """
     flat = a.detach().reshape(-1, *a.shape[-2:]).numpy()
     m, n = flat.shape[1:]
@@ -82,7 +84,8 @@ def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | 
             # gesdd's divide and conquer rarely fails to converge; gesvd's QR iteration is
             # slower but more robust
             p, s, qh = scipy.linalg.svd(x, full_matrices=False, check_finite=False, lapack_driver="gesvd")
-        np.matmul(p, qh, out=u[i])
+        gemm = scipy.linalg.blas.get_blas_funcs("gemm", (p, qh))
+        u[i] = gemm(1.0, p, qh)  # LAPACK returns P, Qᵀ column-major: no copies going in
         if h is not None:
             root = np.sqrt(np.maximum(s, 0))  # σ ≥ 0; the clamp only guards the square root
             half = (qh.T * root) if side == "right" else (p * root)
