@@ -19,6 +19,7 @@ from torch import Tensor
 
 import polarkernels as pk
 from polarkernels import backends
+from polarkernels.api import auto_polar_method
 
 from . import baselines
 
@@ -163,10 +164,9 @@ def build_candidates(device: torch.device, *, polar_dtypes: Sequence[torch.dtype
             elif dtype == polar_dtypes[0]:
                 skipped.append("baseline scipy.linalg.polar: CPU only")
         if "auto" in methods:
-            # what a user gets from pk.polar(a) with every default (check_finite included); the
-            # method "auto" resolves to, per polarkernels.api.polar: SVD on CPU, QDWH on CUDA
-            resolved = "svd" if device.type == "cpu" else "qdwh"
-            out.append(Candidate("polar(auto)", "polar", resolved, "auto", dtype, _polar_auto, hermitian=True))
+            # what a user gets from pk.polar(a) with every default (check_finite included)
+            out.append(Candidate("polar(auto)", "polar", auto_polar_method(device), "auto", dtype, _polar_auto,
+                                 hermitian=True))
         for method in methods:
             if method not in POLAR_METHODS or method == "auto":
                 continue

@@ -20,8 +20,9 @@ Inputs with m ≥ 1.5 n are first reduced to R (QR with Q: 4mn² − 4n³/3, and
 SVD (nominal; LAPACK's divide-and-conquer work depends on the spectrum): the R-SVD count of
 Golub & Van Loan, "Matrix Computations" 4th ed., §8.6.3, for U₁, Σ, V: 6Nk² + 20k³; U Vᵀ adds
 2Nk². ``polar(method="svd")`` and ``scipy.linalg.polar`` also form H = V Σ Vᵀ from the
-singular triplets: n²k with the symmetric count (polar() does it as one ?syrk of V Σ^½; scipy
-as the full product (Vᵀ Σ) V, 2n²k).
+singular triplets: counted n²k, the symmetric count, like every symmetric product here (polar()'s
+LAPACK route computes it as one ?syrk of V Σ^½; scipy, and polar() on the torch route, as the
+full product (Vᵀ Σ) V, 2n²k).
 
 Matmul reference (the "% matmul" column): one plain product of the step's shape, (k×k)·(k×N),
 2k²N FLOPs, timed in the same run, dtype and batch.

@@ -84,7 +84,7 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
 
     work = x.to(torch.float32) if x.dtype in _HALF else x
     if method == "auto":
-        method = "qdwh" if work.is_cuda else "svd"
+        method = auto_polar_method(work.device)
     if method == "svd":
         _require_torch_backend(method, backend, work)
         u, h = svd_polar_decomposition(work, side)
@@ -92,6 +92,11 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
         u = _polar_factor(work, method, backend, steps, tol)
         h = _hermitian_factor(u, work, side)
     return from_tensor(u.to(x.dtype), kind), from_tensor(h.to(x.dtype), kind)
+
+
+def auto_polar_method(device: torch.device) -> str:
+    """What ``polar(method="auto")`` runs on ``device``: "qdwh" on CUDA, "svd" elsewhere."""
+    return "qdwh" if device.type == "cuda" else "svd"
 
 
 def orthogonalize(g: Any, *, method: str = "polar_express", steps: int = 5,

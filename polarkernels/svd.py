@@ -19,7 +19,7 @@ import scipy.linalg.blas
 import torch
 from torch import Tensor
 
-from .backends import blas, torch_ref
+from .backends import blas
 
 #: CPU matrices at least this large (min side) take SciPy's ``?gesdd``. Measured on the 2-core
 #: AMD EPYC (torch 2.13 links MKL, SciPy OpenBLAS; bench/RESULTS.md): SciPy 1.1–1.5× faster
@@ -40,19 +40,20 @@ def svd_polar(a: Tensor) -> Tensor:
 def svd_polar_decomposition(a: Tensor, side: str = "right") -> tuple[Tensor, Tensor]:
     """(U, H) with A = U H (side="right", H = Q Σ Qᵀ, n×n) or A = H U (side="left", H = P Σ Pᵀ).
 
-    H is formed from the singular triplets as the Gram matrix of Q Σ^½ (or P Σ^½): symmetric
-    (exactly, after symmetrising) and positive semi-definite up to rounding; on large CPU inputs
-    the product is one BLAS ``?syrk`` (half the FLOPs of scipy.linalg.polar's ``(Qᵀ Σ) Q``).
+    H is formed from the singular triplets, as scipy.linalg.polar does, and is exactly symmetric.
+    On the LAPACK route it is one BLAS ``?syrk`` of Q Σ^½ (or P Σ^½): half the FLOPs of the full
+    product, and positive semi-definite up to rounding. On the torch route (GPU, small matrices,
+    autograd) it is (Q Σ) Qᵀ symmetrised, which keeps gradients finite at σ = 0 (√σ would not).
     """
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
     work = _working(a)
     if _use_lapack(work):
         u, h = _lapack_polar(work, side)
         return u.to(a.dtype), h.to(a.dtype)
     p, s, qh = torch.linalg.svd(work, full_matrices=False)
-    root = s.clamp_min(0).sqrt()  # σ ≥ 0; the clamp only guards the square root
-    half = (qh * root[..., :, None]).mT if side == "right" else p * root[..., None, :]
-    h = torch_ref.gram(half)
-    return (p @ qh).to(a.dtype), ((h + h.mT) / 2).to(a.dtype)  # X Xᵀ by matmul: not bitwise symmetric
+    h = (qh.mT * s[..., None, :]) @ qh if side == "right" else (p * s[..., None, :]) @ p.mT
+    return (p @ qh).to(a.dtype), ((h + h.mT) / 2).to(a.dtype)
 
 
 def _working(a: Tensor) -> Tensor:
@@ -78,6 +79,12 @@ def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | 
     u = np.empty(flat.shape, dtype=flat.dtype)
     h = None if side is None else np.empty((flat.shape[0], k, k), dtype=flat.dtype)
     for i, x in enumerate(flat):
+        if not np.isfinite(x).all():
+            # LAPACK rejects NaN/inf (an "illegal value" error); propagate them as torch does
+            u[i] = np.nan
+            if h is not None:
+                h[i] = np.nan
+            continue
         try:
             p, s, qh = scipy.linalg.svd(x, full_matrices=False, check_finite=False, lapack_driver="gesdd")
         except np.linalg.LinAlgError:

@@ -15,6 +15,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import polarkernels as pk
 import polarkernels.svd as svd_module
 from matrices import conditioned
 from polarkernels.svd import LAPACK_MIN_SIDE, svd_polar, svd_polar_decomposition
@@ -97,3 +98,69 @@ def test_half_precision_is_upcast():
     u32, _ = svd_polar_decomposition(a.float())
     # one rounding of the float32 result to bfloat16: ≤ ε_bf16/2 relative per entry
     torch.testing.assert_close(u.float(), u32, atol=2 ** -8, rtol=0)
+
+
+@pytest.fixture
+def lapack_everywhere(monkeypatch):
+    """Route every CPU matrix through SciPy's LAPACK, so small inputs exercise it."""
+    monkeypatch.setattr(svd_module, "LAPACK_MIN_SIDE", 1)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("kind", ["numpy", "float16", "batched", "transposed"])
+def test_public_polar_through_the_lapack_route(lapack_everywhere, kind, side):
+    a64 = conditioned(9, 6, COND, seed=21, batch=(2,) if kind == "batched" else ())
+    if kind == "numpy":
+        a = a64.copy()
+    elif kind == "float16":
+        a = torch.from_numpy(a64).half()
+    elif kind == "transposed":  # a column-major view: the route must not assume row-major memory
+        a = torch.from_numpy(a64.T.copy()).mT
+    else:
+        a = torch.from_numpy(a64)
+    exact = np.asarray(torch.as_tensor(a).double())  # the input as given (float16: rounded)
+    u_ref = np.stack([scipy.linalg.polar(x, side=side)[0] for x in exact.reshape(-1, 9, 6)]).reshape(exact.shape)
+    before = a.copy() if kind == "numpy" else a.clone()
+    u, h = pk.polar(a, side=side, method="svd")
+    assert type(u) is type(a) and u.dtype == a.dtype and u.shape == a.shape
+    assert (np.array_equal(a, before) if kind == "numpy" else torch.equal(a, before)), "input modified"
+    u, h = torch.as_tensor(u).double(), torch.as_tensor(h).double()
+    # float64: 40 ε κ. float16: computed in float32 (40 ε₃₂ κ ≈ 5e-3), then U and H rounded once
+    # to float16 (≤ 5e-4 relative per entry, entries ≤ 1)
+    tol = 1e-2 if kind == "float16" else 40 * np.finfo(np.float64).eps * COND
+    torch.testing.assert_close(u, torch.from_numpy(u_ref), atol=tol, rtol=0)
+    recon = u @ h if side == "right" else h @ u
+    torch.testing.assert_close(recon, torch.from_numpy(exact), atol=tol, rtol=0)
+    assert torch.equal(h, h.mT)
+
+
+def test_lapack_route_zero_rank_deficient_and_nan(lapack_everywhere):
+    zero = torch.zeros(2, 5, 4, dtype=torch.float64)
+    u, h = pk.polar(zero, method="svd")
+    assert torch.equal(h, torch.zeros(2, 4, 4, dtype=torch.float64)) and torch.isfinite(u).all()
+
+    rng = np.random.default_rng(4)
+    low = torch.from_numpy(rng.standard_normal((7, 2)) @ rng.standard_normal((2, 5)))  # rank 2
+    u, h = pk.polar(low, method="svd")
+    eps = np.finfo(np.float64).eps
+    assert float(torch.linalg.eigvalsh(h).min()) >= -40 * eps * float(torch.linalg.matrix_norm(low, 2))
+    torch.testing.assert_close(u @ h, low, atol=40 * eps * float(torch.linalg.matrix_norm(low)), rtol=0)
+
+    bad = torch.from_numpy(conditioned(6, 4, 10.0, seed=1, batch=(2,)))
+    bad[1, 0, 0] = float("nan")
+    u, h = pk.polar(bad, method="svd", check_finite=False)
+    assert torch.isnan(u[1]).all() and torch.isnan(h[1]).all()  # propagated, as on the torch route
+    u0, _ = pk.polar(bad[0], method="svd")
+    assert torch.equal(u[0], u0)  # the finite matrix of the batch is unaffected
+
+
+def test_gradients_through_h_on_the_torch_route():
+    """H = (QΣ)Qᵀ keeps gradients finite at σ = 0 (a √σ form would give NaN), and matches finite
+    differences on a well-conditioned input."""
+    a = torch.diag(torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)).requires_grad_()
+    u, h = pk.polar(a, method="svd")
+    (grad,) = torch.autograd.grad(h.sum(), a)
+    assert torch.isfinite(grad).all()
+    b = torch.from_numpy(conditioned(5, 3, 4.0, seed=8)).requires_grad_()
+    for side in ("right", "left"):
+        assert torch.autograd.gradcheck(lambda x, side=side: svd_polar_decomposition(x, side)[1], (b,))

@@ -23,24 +23,17 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from scipy.linalg import blas as _blas
 from torch import Tensor
 
 NAME = "blas"
 
-try:
-    from scipy.linalg import blas as _blas
-except ImportError as exc:  # the import guard: this module imports without scipy
-    _IMPORT_ERROR: str | None = str(exc)
-else:
-    _IMPORT_ERROR = None
-    _SYRK = {torch.float32: _blas.ssyrk, torch.float64: _blas.dsyrk}
-    _GEMM = {torch.float32: _blas.sgemm, torch.float64: _blas.dgemm}
+_SYRK = {torch.float32: _blas.ssyrk, torch.float64: _blas.dsyrk}
+_GEMM = {torch.float32: _blas.sgemm, torch.float64: _blas.dgemm}
 
 
 def available() -> tuple[bool, str]:
-    """(True, scope note) when scipy's BLAS can be called, else (False, why and what to install)."""
-    if _IMPORT_ERROR is not None:
-        return False, f"scipy is not installed ({_IMPORT_ERROR}); pip install scipy"
+    """Always (True, scope note): SciPy is a dependency of the package."""
     return True, "CPU float32/float64 tensors only"
 
 
@@ -66,7 +59,7 @@ def poly(s: Tensor, b: float, c: float) -> Tensor:
     """
     _check(s, "s")
     if c == 0.0:
-        return s * b
+        return torch.from_numpy(s.detach().numpy() * b)  # NumPy, like every copy here (see _copy)
     out = _copy(s, row_major=True)
     if out.numel() == 0:
         return out
@@ -106,8 +99,6 @@ def apply(bmat: Tensor, x: Tensor, a: float) -> Tensor:
 
 
 def _check(t: Tensor, what: str) -> None:
-    if _IMPORT_ERROR is not None:
-        raise RuntimeError(available()[1])
     if t.device.type != "cpu":
         raise ValueError(f"the blas backend needs CPU tensors; {what} is on {t.device}")
     if t.dtype not in (torch.float32, torch.float64):
@@ -137,7 +128,7 @@ def _copy(t: Tensor, *, row_major: bool) -> Tensor:
     Every copy and mirror between two BLAS calls is NumPy's (one thread), never a torch kernel:
     torch's OpenMP workers and OpenBLAS's pthreads each spin-wait after a call, and on a machine
     with as many cores as threads, alternating the two pools stalled every call by a scheduler
-    time slice (measured on 2 cores: an 0.3 ms 256² SYRK took 8 ms behind a torch.where).
+    time slice (measured on 2 cores: a 0.3 ms 256² SYRK took 8 ms behind a torch.where).
     """
     a = t.detach().numpy()
     if row_major:
@@ -145,8 +136,9 @@ def _copy(t: Tensor, *, row_major: bool) -> Tensor:
     return torch.from_numpy(np.array(np.swapaxes(a, -1, -2), order="C", copy=True)).mT
 
 
-#: Rows per block of the triangle mirror: a 256-row strip of float64 is 2 KiB per row, so the
-#: transposed read of a strip stays in L2.
+#: Rows per block of the triangle mirror (each block row strip is written from the column strip
+#: below its diagonal block, read transposed). Against one masked whole-matrix copy, it cut
+#: ``gram`` of a 2048×512 float64 matrix from 136 to 77 ms (the SYRK itself: 64 ms).
 _MIRROR_BLOCK = 256
 
 
