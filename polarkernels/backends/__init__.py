@@ -64,7 +64,8 @@ def resolve(backend: str, x: Tensor) -> str:
         # BLAS ?syrk halves the Gram FLOPs: with one torch thread, 1.6–1.9× over torch for single
         # matrices with min(m, n) ≥ 512 (bench/RESULTS.md). With more, torch's OpenMP pool and
         # OpenBLAS's pthreads take turns on the cores between the loop's torch ops and the BLAS
-        # calls, and on 2 cores BLAS lost up to 2.2× below 2048² and won 1.1–1.2× at 2048².
+        # calls: on 2 cores BLAS lost 1.4–18× below 1024² and on batches, and won 1.2× at 1024²
+        # and 1.5× at 2048² (Polar Express, 5 steps).
         # Batches loop over matrices in Python, so they stay on torch.
         if (x.dtype in (torch.float32, torch.float64) and x.ndim == 2 and m >= BLAS_MIN_SIDE
                 and torch.get_num_threads() == 1):
