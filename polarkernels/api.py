@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -253,12 +252,7 @@ def _check_steps(steps: int | None, *, allow_none: bool) -> None:
 
 
 def _check_finite(x: Tensor, what: str) -> None:
-    if x.device.type == "cpu" and x.dtype != torch.bfloat16:
-        # NumPy's one thread, not torch's OpenMP pool: right after SciPy's OpenBLAS (the SVD
-        # route) an OpenMP kernel waits for OpenBLAS's spinning workers (backends/blas.py:_copy)
-        finite = torch.from_numpy(np.asarray(np.isfinite(x.detach().numpy()).all(axis=(-2, -1))))
-    else:
-        finite = torch.isfinite(x).flatten(-2).all(dim=-1)
+    finite = torch.isfinite(x).flatten(-2).all(dim=-1)
     if not bool(finite.all()):
         where = ""
         if finite.ndim:

@@ -75,15 +75,17 @@ def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | 
     """
     flat = a.detach().reshape(-1, *a.shape[-2:]).numpy()
     m, n = flat.shape[1:]
-    k = n if side == "right" else m
+    k = min(m, n)
+    gemm = scipy.linalg.blas.get_blas_funcs("gemm", (flat,))
     u = np.empty(flat.shape, dtype=flat.dtype)
-    h = None if side is None else np.empty((flat.shape[0], k, k), dtype=flat.dtype)
+    # the factor whose Gram matrix is H: Q Σ^½ (n×k, side="right") or P Σ^½ (m×k, side="left")
+    halves = None if side is None else np.empty((flat.shape[0], n if side == "right" else m, k), flat.dtype)
     for i, x in enumerate(flat):
         if not np.isfinite(x).all():
             # LAPACK rejects NaN/inf (an "illegal value" error); propagate them as torch does
             u[i] = np.nan
-            if h is not None:
-                h[i] = np.nan
+            if halves is not None:
+                halves[i] = np.nan
             continue
         try:
             p, s, qh = scipy.linalg.svd(x, full_matrices=False, check_finite=False, lapack_driver="gesdd")
@@ -91,11 +93,12 @@ def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | 
             # gesdd's divide and conquer rarely fails to converge; gesvd's QR iteration is
             # slower but more robust
             p, s, qh = scipy.linalg.svd(x, full_matrices=False, check_finite=False, lapack_driver="gesvd")
-        gemm = scipy.linalg.blas.get_blas_funcs("gemm", (p, qh))
         u[i] = gemm(1.0, p, qh)  # LAPACK returns P, Qᵀ column-major: no copies going in
-        if h is not None:
+        if halves is not None:
             root = np.sqrt(np.maximum(s, 0))  # σ ≥ 0; the clamp only guards the square root
-            half = (qh.T * root) if side == "right" else (p * root)
-            h[i] = blas.gram(torch.from_numpy(half)).numpy()
+            halves[i] = (qh.T * root) if side == "right" else (p * root)
     u_t = torch.from_numpy(u).reshape(a.shape)
-    return u_t, None if h is None else torch.from_numpy(h).reshape(*a.shape[:-2], k, k)
+    if halves is None:
+        return u_t, None
+    h = blas.gram(torch.from_numpy(halves))  # one ?syrk per matrix, mirrored: exactly symmetric
+    return u_t, h.reshape(*a.shape[:-2], *h.shape[-2:])
