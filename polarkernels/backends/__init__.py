@@ -61,8 +61,9 @@ def resolve(backend: str, x: Tensor) -> str:
         return backend
     m, n = sorted(x.shape[-2:])
     if not x.is_cuda and x.device.type == "cpu":
-        # BLAS ?syrk halves the Gram FLOPs: with one torch thread, 1.6–1.9× over torch for single
-        # matrices with min(m, n) ≥ 512 (bench/RESULTS.md). With more, torch's OpenMP pool and
+        # BLAS ?syrk halves the Gram FLOPs: with one torch thread, 1.15–2.2× over torch for single
+        # matrices from 1024², 0.83–1.6× at 512² depending on the run (bench/RESULTS.md, "One
+        # thread"). With more, torch's OpenMP pool and
         # OpenBLAS's pthreads take turns on the cores between the loop's torch ops and the BLAS
         # calls: on 2 cores BLAS lost 1.4–18× below 1024² and on batches, and won 1.2× at 1024²
         # and 1.5× at 2048² (Polar Express, 5 steps).
