@@ -24,6 +24,7 @@ from .distributed import (DTensor, Layout, layout_of, local, orthogonalize_repli
 from .grad_checks import NONFINITE, NonFiniteGradientError, all_finite, check_grad_kinds, nonfinite_message
 from .param_groups import (ADAMW, POLAR, POLAR_KEYS, build_groups, check_group_keys,
                            check_hyperparameters, keys_for)
+from .views import MatrixView
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
 #: Moonlight's target update RMS (Liu et al., "Muon is Scalable for LLM Training", 2025): the
 #: RMS of AdamW's update in practice; an m×n polar factor has RMS 1/√max(m, n).
 MOONLIGHT_RMS = 0.2
-
-
-def matrix_view(t: Tensor) -> Tensor:
-    """``t`` as a matrix: itself if 2-D, else (out, rest), e.g. conv (out, in, kh, kw) → (out, in·kh·kw)."""
-    return t if t.ndim == 2 else t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def shape_scale(scale: str, rows: int, cols: int) -> float:
@@ -157,17 +153,25 @@ class PolarGrad(Optimizer):
             names = [name for _, _, _, ns in work for name in ns]
             raise NonFiniteGradientError(nonfinite_message(names, grads))
         for group, params, grads, _ in work:
-            if group["algorithm"] == ADAMW:
-                self._adamw_step(group, params, grads)
-            else:
-                self._polar_step(group, params, grads)
+            self._step_group(group, params, grads)
         return loss
+
+    def _check_group(self, group: dict, index: int) -> None:
+        """Raise for a group this optimizer cannot step; subclasses with more algorithms extend it."""
+        check_group_keys(group, index)
+
+    def _step_group(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Step one group by its algorithm; subclasses with more algorithms extend it."""
+        if group["algorithm"] == ADAMW:
+            self._adamw_step(group, params, grads)
+        else:
+            self._polar_step(group, params, grads)
 
     def _collect(self) -> list[tuple[dict, list[Tensor], list[Tensor], list[str]]]:
         """(group, params with grad, grads, names) per group, after every check that can fail."""
         work = []
         for i, group in enumerate(self.param_groups):
-            check_group_keys(group, i)
+            self._check_group(group, i)
             params, grads, names = [], [], []
             for j, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -197,8 +201,8 @@ class PolarGrad(Optimizer):
     def _polar_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         beta, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
         nesterov, polar_first = group["nesterov"], group["polar_first"]
-        layouts = [layout_of(p, self.process_group) for p in params]
-        bufs, xs = [], []
+        view = MatrixView.from_spec(group["view"])
+        bufs, xs, layouts, shapes, counts = [], [], [], [], []
         for p, g in zip(params, grads):
             state = self.state[p]
             if "momentum_buffer" not in state:
@@ -209,12 +213,23 @@ class PolarGrad(Optimizer):
             else:
                 buf.lerp_(g, 1 - beta)                             # M ← βM + (1−β)G
                 x = g.lerp(buf, beta) if nesterov else buf         # (1−β)G + βM
+            layout = layout_of(p, self.process_group)
+            if layout.kind == "sharded" and not view.is_default:
+                raise NotImplementedError(f"a sharded parameter of shape {tuple(p.shape)} takes the default "
+                                          f"matrix view only, not {view}")
+            mats = view.to_matrices(x)
             bufs.append(buf)
-            xs.append(matrix_view(x))
+            xs += mats
+            layouts += [layout] * len(mats)
+            shapes += view.matrix_shapes(p.shape)                  # global (m, n), also for shards
+            counts.append(len(mats))
         us = self._orthogonalize(xs, layouts, group)
-        nus = self._scales(xs, us, params, layouts, group["scale"])
-        for p, buf, u, nu in zip(params, bufs, us, nus):
-            u = u.reshape(buf.shape)
+        nus = self._scales(xs, us, shapes, layouts, group["scale"])
+        start = 0
+        for p, buf, k in zip(params, bufs, counts):
+            u_mats, nu_mats = us[start:start + k], nus[start:start + k]
+            start += k
+            u = view.from_matrices(u_mats, buf.shape)
             if polar_first:
                 buf.lerp_(u, 1 - beta)                             # M ← βM + (1−β)U
                 d = u.lerp(buf, beta) if nesterov else buf
@@ -222,10 +237,14 @@ class PolarGrad(Optimizer):
                 d = u
             w = local(p)
             w.mul_(1 - lr * wd)                                    # W ← (1 − ηλ)W
-            if isinstance(nu, Tensor):
-                w.add_(d * nu.to(d.dtype), alpha=-lr)              # W ← W − η ν D
-            else:
-                w.add_(d, alpha=-(lr * nu))
+            if k == 1 and isinstance(nu_mats[0], Tensor):
+                w.add_(d * nu_mats[0].to(d.dtype), alpha=-lr)      # W ← W − η ν D
+            elif k == 1:
+                w.add_(d, alpha=-(lr * nu_mats[0]))
+            else:                                                  # ν per matrix of the view
+                scaled = [m * (nu.to(m.dtype) if isinstance(nu, Tensor) else nu)
+                          for m, nu in zip(view.to_matrices(d), nu_mats)]
+                w.add_(view.from_matrices(scaled, buf.shape), alpha=-lr)
 
     def _orthogonalize(self, mats: list[Tensor], layouts: list[Layout], group: dict) -> list[Tensor]:
         """U for every matrix, batched per layout (local, replicated per group, sharded)."""
@@ -248,10 +267,10 @@ class PolarGrad(Optimizer):
         return out  # type: ignore[return-value]
 
     @staticmethod
-    def _scales(xs: Sequence[Tensor], us: Sequence[Tensor], params: Sequence[Tensor],
+    def _scales(xs: Sequence[Tensor], us: Sequence[Tensor], shapes: Sequence[tuple[int, int]],
                 layouts: Sequence[Layout], scale: str) -> list[Tensor | float]:
         """ν per matrix: a 0-d tensor for "nuclear" (summed over shards), else a float."""
         if scale == "nuclear":
             partial = [nuclear_scale(x, u) for x, u in zip(xs, us)]
             return sum_over_groups(partial, [lay.group if lay.kind == "sharded" else None for lay in layouts])
-        return [shape_scale(scale, p.shape[0], math.prod(p.shape[1:])) for p in params]
+        return [shape_scale(scale, m, n) for m, n in shapes]
