@@ -3,8 +3,9 @@
     opt = polarkernels.optim.PolarGrad(model.parameters(), lr=1e-3, weight_decay=0.01)
     opt = polarkernels.optim.Muon(polarkernels.optim.split_params(model), lr=0.02)
 
-Matrices (and N-d weights, viewed as (out, rest)) take the polar update; everything else takes
-AdamW in the same optimizer. See :class:`PolarGrad` for the algorithm and its options.
+Matrices (and N-d weights through their :class:`MatrixView`: conv kernels flattened, expert
+stacks as batches, fused QKV split into blocks and heads) take the polar update; everything else
+takes AdamW in the same optimizer. See :class:`PolarGrad` for the algorithm and its options.
 """
 
 from .diagnostics import EquilibriumMonitor, GroupStats
@@ -12,5 +13,7 @@ from .grad_checks import NonFiniteGradientError
 from .muon import Muon
 from .param_groups import split_params
 from .polargrad import PolarGrad
+from .views import MatrixView, view_for
 
-__all__ = ["PolarGrad", "Muon", "split_params", "EquilibriumMonitor", "GroupStats", "NonFiniteGradientError"]
+__all__ = ["PolarGrad", "Muon", "split_params", "MatrixView", "view_for", "EquilibriumMonitor", "GroupStats",
+           "NonFiniteGradientError"]

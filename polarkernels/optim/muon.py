@@ -16,7 +16,7 @@ ADJUST_LR_SCALES = {None: "shape", "original": "shape", "match_rms_adamw": "rms"
 class Muon(PolarGrad):
     r"""Muon: SGD-momentum whose matrix updates are replaced by their (approximate) polar factor.
 
-    For each matrix parameter W ∈ ℝ^{m×n} (N-d weights viewed as (out, rest)) with gradient G:
+    For each matrix W ∈ ℝ^{m×n} of a parameter's :class:`~polarkernels.optim.MatrixView` with gradient G:
 
     .. math::
        \begin{aligned}

@@ -1,7 +1,7 @@
 """Parameter groups: which parameters take the polar update and which the AdamW fallback.
 
 Every group of a :class:`~polarkernels.optim.PolarGrad` (or :class:`~polarkernels.optim.Muon`)
-carries ``algorithm``: ``"polar"`` for matrices (and N-d weights, viewed as (out, rest)) or
+carries ``algorithm``: ``"polar"`` for matrices (and N-d weights, through the group's ``view``) or
 ``"adamw"`` for everything else, and exactly the hyperparameters its algorithm reads
 (:data:`POLAR_KEYS`, :data:`ADAMW_KEYS`). A group given without ``algorithm`` is split by
 dimension: ≥ 2-D parameters → polar, the rest → AdamW. :func:`split_params` makes the usual
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..api import ORTHOGONALIZE_METHODS
+from .views import MatrixView, view_for
 
 POLAR = "polar"
 ADAMW = "adamw"
@@ -26,7 +27,7 @@ ALGORITHMS = (POLAR, ADAMW)
 
 #: Keys a polar group reads (see PolarGrad's docstring for their meaning).
 POLAR_KEYS = ("lr", "weight_decay", "momentum", "nesterov", "polar_first", "scale", "method",
-              "steps", "dtype", "backend")
+              "steps", "dtype", "backend", "view")
 #: Keys an AdamW group reads (torch.optim.AdamW's meaning).
 ADAMW_KEYS = ("lr", "weight_decay", "betas", "eps")
 #: The optimizer-wide defaults that fill an AdamW group's keys (None: use the polar value).
@@ -105,6 +106,12 @@ def _complete(group: dict[str, Any], defaults: Mapping[str, Any], *, split: bool
             out[key] = defaults[ADAMW_DEFAULT_NAMES[key]]
         else:
             out[key] = defaults[key]
+    if algorithm == POLAR:
+        view = MatrixView.from_spec(out["view"])
+        for p in map(_tensor, out["params"]):
+            view.matrix_shapes(p.shape)                     # a view that does not fit raises here
+        # Plain data in the group, so that state_dict() loads with torch.load(weights_only=True).
+        out["view"] = None if view.is_default else view.spec()
     check_hyperparameters(out)
     return out
 
@@ -139,6 +146,10 @@ def check_hyperparameters(group: Mapping[str, Any]) -> None:
         raise ValueError(f"dtype {where} must be a torch.dtype or None, got {group['dtype']!r}")
     if not isinstance(group["backend"], str):
         raise ValueError(f"backend {where} must be a str, got {group['backend']!r}")
+    try:
+        MatrixView.from_spec(group["view"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"view {where}: {e}") from None
 
 
 def _check_nonneg_finite(name: str, value: Any, where: str) -> None:
@@ -162,13 +173,18 @@ def check_group_keys(group: Mapping[str, Any], index: int) -> None:
 
 def split_params(model: nn.Module, *, embeddings: str = ADAMW, head: str = ADAMW,
                  head_names: Iterable[str] = HEAD_NAMES,
-                 overrides: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Split ``model``'s parameters into a polar group and an AdamW group.
+                 overrides: Mapping[str, str] | None = None,
+                 views: Mapping[str, MatrixView | Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Split ``model``'s parameters into polar groups (one per matrix view) and an AdamW group.
 
     Default rule (Muon's advice): ≥ 2-D weights → polar; biases, norms and other < 2-D
     parameters → AdamW; ``nn.Embedding``/``nn.EmbeddingBag`` weights → ``embeddings``; the
     weights of modules whose last name component is in ``head_names`` → ``head``. Tied
     parameters count once, under the first module that holds them.
+
+    Each polar parameter gets the matrix view of :func:`~polarkernels.optim.views.view_for`
+    for its module (conv kernels flattened, ≥ 3-D weights of user modules as expert stacks),
+    or the view of the last pattern in ``views`` that matches its name.
 
     Args:
         model: the module whose ``named_parameters()`` are split (frozen ones are skipped).
@@ -178,25 +194,35 @@ def split_params(model: nn.Module, *, embeddings: str = ADAMW, head: str = ADAMW
         overrides: ``{pattern: "polar" | "adamw"}``, ``fnmatch`` patterns on parameter names
             ("blocks.*.attn.*.weight"); the last matching pattern wins. A pattern that matches
             no parameter, or "polar" for a < 2-D parameter, raises ``ValueError``.
+        views: ``{pattern: MatrixView}`` for polar parameters, e.g.
+            ``{"*.qkv.weight": MatrixView(blocks=("q", "k", "v"), head_dim=64)}``; the last
+            matching pattern wins. A pattern that matches no polar parameter, or a view that
+            does not fit a matched shape, raises ``ValueError``.
 
     Returns:
-        ``[{"params": [...], "algorithm": "polar"}, {"params": [...], "algorithm": "adamw"}]``,
-        empty groups left out; pass it to the optimizer (extra keys per group are allowed).
+        ``[{"params": [...], "algorithm": "polar"}, {"params": [...], "algorithm": "polar",
+        "view": {...}}, …, {"params": [...], "algorithm": "adamw"}]``: the default-view polar
+        group first, one group per other view, empty groups left out; pass it to the optimizer
+        (extra keys per group are allowed).
     """
     for name, choice in (("embeddings", embeddings), ("head", head), *(overrides or {}).items()):
         if choice not in ALGORITHMS:
             raise ValueError(f"choice for {name!r} must be one of {ALGORITHMS}, got {choice!r}")
+    views = {pattern: MatrixView.from_spec(v) for pattern, v in (views or {}).items()}
     head_names = set(head_names)
     role: dict[int, str] = {}
+    owner: dict[int, nn.Module] = {}
     for module_name, module in model.named_modules():
         for p in module.parameters(recurse=False):
-            if id(p) in role:
+            if id(p) in owner:
                 continue
+            owner[id(p)] = module
             if isinstance(module, nn.Embedding | nn.EmbeddingBag):
                 role[id(p)] = embeddings
             elif module_name.rsplit(".", 1)[-1] in head_names and p.ndim >= 2:
                 role[id(p)] = head
-    chosen: dict[str, list[nn.Parameter]] = {POLAR: [], ADAMW: []}
+    polar: dict[MatrixView, list[nn.Parameter]] = {MatrixView(): []}
+    adamw: list[nn.Parameter] = []
     matched: set[str] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -206,11 +232,24 @@ def split_params(model: nn.Module, *, embeddings: str = ADAMW, head: str = ADAMW
             if fnmatch.fnmatchcase(name, pattern):
                 algorithm = choice
                 matched.add(pattern)
-        if algorithm == POLAR and p.ndim < 2:
+        if algorithm == ADAMW:
+            adamw.append(p)
+            continue
+        if p.ndim < 2:
             raise ValueError(f"parameter {name!r} of shape {tuple(p.shape)} cannot take the polar "
                              f"update (it needs ≥ 2 dimensions)")
-        chosen[algorithm].append(p)
+        override = None
+        for pattern, view in views.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                override = view
+                matched.add(pattern)
+        polar.setdefault(view_for(p, name, owner.get(id(p)), override), []).append(p)
     unmatched = sorted(set(overrides or {}) - matched)
     if unmatched:
         raise ValueError(f"override pattern(s) {unmatched} match no parameter name of the model")
-    return [{"params": ps, "algorithm": a} for a, ps in chosen.items() if ps]
+    unmatched = sorted(set(views) - matched)
+    if unmatched:
+        raise ValueError(f"view pattern(s) {unmatched} match no polar parameter name of the model")
+    groups = [{"params": ps, "algorithm": POLAR, **({} if view.is_default else {"view": view.spec()})}
+              for view, ps in polar.items() if ps]
+    return groups + ([{"params": adamw, "algorithm": ADAMW}] if adamw else [])

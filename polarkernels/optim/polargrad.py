@@ -1,7 +1,7 @@
 """PolarGrad (Lau, Long and Su, "PolarGrad", arXiv 2505.21799) as a torch.optim optimizer.
 
 The class also carries the machinery :class:`~polarkernels.optim.Muon` reuses: an AdamW group
-for non-matrix parameters in the same object, (out, rest) views of N-d weights, one batched
+for non-matrix parameters in the same object, matrix views of N-d weights (:mod:`.views`), one batched
 ``orthogonalize_many`` call per group, distributed polar factors, all-or-nothing steps.
 """
 
@@ -55,7 +55,8 @@ def nuclear_scale(x: Tensor, u: Tensor) -> Tensor:
 class PolarGrad(Optimizer):
     r"""PolarGrad: steps along the polar factor of the momentum, scaled by its nuclear norm.
 
-    For each matrix parameter W (N-d weights viewed as (out, rest)) with gradient G:
+    For each matrix W of a parameter's :class:`~polarkernels.optim.MatrixView` (the parameter
+    itself if 2-D; conv kernels flattened; each expert, Q/K/V block or head) with gradient G:
 
     .. math::
        \begin{aligned}
@@ -80,7 +81,10 @@ class PolarGrad(Optimizer):
     Parameters with fewer than 2 dimensions (biases, norm gains) take AdamW in the same object
     (one ``step()``, one ``state_dict()``), with ``adamw_*`` hyperparameters; pass groups with
     ``"algorithm": "polar" | "adamw"`` (e.g. from :func:`~polarkernels.optim.split_params`) to
-    choose per parameter, and to send embeddings and the output head to AdamW.
+    choose per parameter, and to send embeddings and the output head to AdamW. A polar group's
+    ``"view"`` (a :class:`~polarkernels.optim.MatrixView`; ``split_params`` sets it for expert
+    stacks and for its ``views=`` patterns) says which matrices of each parameter are
+    orthogonalized, each with its own ν.
 
     Args:
         params: parameters or param groups, as for any torch optimizer (named parameters too).
@@ -115,7 +119,7 @@ class PolarGrad(Optimizer):
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                         polar_first=polar_first, scale=scale, method=method, steps=steps, dtype=dtype,
-                        backend=backend, adamw_lr=adamw_lr, adamw_betas=adamw_betas,
+                        backend=backend, view=None, adamw_lr=adamw_lr, adamw_betas=adamw_betas,
                         adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay)
         check_hyperparameters({"algorithm": POLAR, **{k: defaults[k] for k in POLAR_KEYS}})
         check_hyperparameters({"algorithm": ADAMW, "lr": adamw_lr if adamw_lr is not None else lr,

@@ -76,7 +76,7 @@ def test_plain_parameters_split_by_dimension():
     assert all(p.ndim >= 2 for p in opt.param_groups[0]["params"])
     assert all(p.ndim < 2 for p in opt.param_groups[1]["params"])
     polar_keys = {"params", "algorithm", "lr", "weight_decay", "momentum", "nesterov", "polar_first", "scale",
-                  "method", "steps", "dtype", "backend"}
+                  "method", "steps", "dtype", "backend", "view"}
     assert set(opt.param_groups[0]) == polar_keys
     assert set(opt.param_groups[1]) == {"params", "algorithm", "lr", "weight_decay", "betas", "eps"}
     assert opt.param_groups[1]["betas"] == (0.9, 0.95)
