@@ -15,6 +15,9 @@ import torch
 from torch import Tensor
 
 BACKENDS = ("torch", "blas", "triton", "cuda")
+#: Backends whose kernels compute in real arithmetic only: ``auto`` never picks them for complex
+#: input (their rules below ask for 16-bit dtypes) and naming them explicitly raises ``TypeError``.
+REAL_ONLY = ("triton", "cuda")
 
 _MODULES = {
     "torch": "polarkernels.backends.torch_ref",
@@ -35,12 +38,16 @@ def get_ops(name: str) -> ModuleType:
     return module
 
 
-#: ``auto`` picks Triton for 16-bit CUDA work at least this large: min(m, n) ≥ 1024, or a batch
-#: with batch·min(m, n)²·max(m, n) ≥ 2³⁰ multiply-adds per Gram product. Below it, or in float32
-#: (whose "ieee" dots run on the FP32 cores, not the tensor cores), cuBLAS through torch is as
-#: fast. Provisional: derived from the FLOP model, not yet from a GPU timing (bench/RESULTS.md).
-TRITON_MIN_SIDE = 1024
-TRITON_MIN_WORK = 2**30
+#: ``auto`` picks Triton for 16-bit CUDA work with min(m, n) ≥ 2048 and max(m, n) ≤ 4·min(m, n)
+#: (batches of such matrices too). Conservative on purpose, until ``python -m bench.gpu`` has
+#: timed the kernels on a GPU (none has run yet): at 2048 the Gram triangle is 136 tiles of
+#: 128², about one wave on a 132-SM H100 (at 1024 it is 36 tiles, and the FLOP model itself
+#: predicts no gain); the symmetric products save (4a + 2)/(3a + 1) of the FLOPs at aspect a
+#: (1.5× square, 1.38× at a = 4, → 4/3 as apply's plain 2m²n GEMM dominates), too little past 4
+#: to count on against cuBLAS through torch. Never in float32
+#: (the "ieee" dots run on the FP32 cores) and never on ROCm (the kernels are tuned for NVIDIA).
+TRITON_MIN_SIDE = 2048
+TRITON_MAX_ASPECT = 4
 #: ``auto`` picks BLAS for single CPU float32/float64 matrices with min(m, n) ≥ this, when torch
 #: runs one thread (see :func:`resolve`).
 BLAS_MIN_SIDE = 512
@@ -51,13 +58,16 @@ def resolve(backend: str, x: Tensor) -> str:
     pass through after a check.
 
     Rule for ``auto``: on CPU, BLAS for a single float32/float64 matrix with min(m, n) ≥
-    :data:`BLAS_MIN_SIDE` when torch runs one intra-op thread; on CUDA, Triton when ``x`` is
-    16-bit, large enough (see :data:`TRITON_MIN_SIDE`) and Triton is installed; plain torch
-    otherwise.
+    :data:`BLAS_MIN_SIDE` when torch runs one intra-op thread; on an NVIDIA GPU, Triton when ``x``
+    is 16-bit, large and square enough (:data:`TRITON_MIN_SIDE`, :data:`TRITON_MAX_ASPECT`) and the
+    kernels compile there (Triton installed, ``TRITON_INTERPRET`` unset); plain torch otherwise.
     """
     if backend != "auto":
         if backend not in _MODULES:
             raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+        if x.is_complex() and backend in REAL_ONLY:
+            raise TypeError(f"backend {backend!r} computes in real arithmetic only and cannot take complex "
+                            f"{x.dtype} input; use backend='torch', 'blas' (CPU) or 'auto'")
         return backend
     m, n = sorted(x.shape[-2:])
     if not x.is_cuda and x.device.type == "cpu":
@@ -68,15 +78,24 @@ def resolve(backend: str, x: Tensor) -> str:
         # calls: on 2 cores BLAS lost 1.4–18× below 1024² and on batches, and won 1.2× at 1024²
         # and 1.5× at 2048² (Polar Express, 5 steps).
         # Batches loop over matrices in Python, so they stay on torch.
-        if (x.dtype in (torch.float32, torch.float64) and x.ndim == 2 and m >= BLAS_MIN_SIDE
+        if (x.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128)
+                and x.ndim == 2 and m >= BLAS_MIN_SIDE
                 and torch.get_num_threads() == 1):
             return "blas" if _available("blas") else "torch"
         return "torch"
-    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
-        batch = x.numel() // max(m * n, 1)
-        if (m >= TRITON_MIN_SIDE or batch * m * m * n >= TRITON_MIN_WORK) and _available("triton"):
-            return "triton"
+    if (x.is_cuda and torch.version.hip is None and x.dtype in (torch.bfloat16, torch.float16)
+            and m >= TRITON_MIN_SIDE and n <= TRITON_MAX_ASPECT * m and _triton_compiles()):
+        return "triton"
     return "torch"
+
+
+def _triton_compiles() -> bool:
+    """Whether the Triton kernels compile for the GPU here (under TRITON_INTERPRET=1 they take
+    CPU tensors only, so ``auto`` must not send CUDA tensors to them)."""
+    try:
+        return importlib.import_module(_MODULES["triton"]).compiles_for_gpu()
+    except ImportError:
+        return False
 
 
 def _available(name: str) -> bool:

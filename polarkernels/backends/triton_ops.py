@@ -78,6 +78,12 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
+def compiles_for_gpu() -> bool:
+    """True when the kernels compile for a visible GPU: Triton installed, a CUDA (or ROCm) device
+    present, and not ``TRITON_INTERPRET=1`` (whose interpreted kernels take CPU tensors only)."""
+    return _IMPORT_ERROR is None and not INTERPRETED and torch.cuda.is_available()
+
+
 def _require() -> None:
     ok, reason = available()
     if not ok:

@@ -53,8 +53,6 @@ def _apply_kernel(p_b, p_x, p_out, M, N, a,
     tl.store(p_o, acc.to(p_out.dtype.element_ty), mask=m_out)
 
 
-_apply_tuned = triton.autotune(configs=launch.rectangular_configs(), key=["M", "N"],
-                        prune_configs_by={"early_config_prune": launch.prune_configs})(_apply_kernel)
 INTERPRETED = launch.interpreted(_apply_kernel)
 
 
@@ -95,5 +93,7 @@ def apply(bmat: Tensor, x: Tensor, a: float, *, out: Tensor | None = None,
     else:
         def grid(meta):
             return (batch * triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-        _apply_tuned[grid](*args, UPCAST=False, **flags)
+        tuning_class = (launch.bucket(m), launch.bucket(n), launch.layout(b3), launch.layout(x3), launch.layout(o3),
+                        *flags.values())
+        launch.tuned(_apply_kernel, launch.rectangular_configs, tuning_class)[grid](*args, UPCAST=False, **flags)
     return res

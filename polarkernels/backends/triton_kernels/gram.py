@@ -46,8 +46,6 @@ def _gram_kernel(p_x, p_s, M, K,
     store_symmetric(p_s + batch * stride_sb, acc, row, col, offs_i, offs_j, M, stride_sm, stride_sn)
 
 
-_gram_tuned = triton.autotune(configs=launch.symmetric_configs(), key=["M", "K"],
-                       prune_configs_by={"early_config_prune": launch.prune_configs})(_gram_kernel)
 INTERPRETED = launch.interpreted(_gram_kernel)
 
 
@@ -80,5 +78,7 @@ def gram(x: Tensor, *, out: Tensor | None = None, input_precision: str | None = 
         def grid(meta):
             tiles = triton.cdiv(m, meta["BLOCK"])
             return (batch * tiles * (tiles + 1) // 2,)
-        _gram_tuned[grid](*args, PRECISION=precision, UPCAST=False)
+        tuning_class = (launch.bucket(m), launch.bucket(k), launch.layout(x3), launch.layout(s3), precision)
+        launch.tuned(_gram_kernel, launch.symmetric_configs, tuning_class)[grid](
+            *args, PRECISION=precision, UPCAST=False)
     return s

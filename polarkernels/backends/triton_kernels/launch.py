@@ -2,16 +2,24 @@
 
 Autotuning is for real GPUs only: under ``TRITON_INTERPRET=1`` every launcher uses one small fixed
 configuration, so interpreter tests stay fast and deterministic.
+
+One autotuner per *tuning class* (:func:`tuned`): power-of-two buckets of the sizes, the memory
+order of every operand and the kernel's compile-time flags. So a new size inside a bucket reuses
+the benchmarked config, while a transposed operand or a cubic step (different loads, a skipped
+product) gets its own choice instead of inheriting whichever call came first.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import triton
 from torch import Tensor
-from triton.runtime import JITFunction
+from triton.runtime import Autotuner, JITFunction
+
+from . import interpreter_compat
 
 #: Storage dtypes the kernels take; products accumulate in fp32 for all of them.
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -62,9 +70,46 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     return kept or configs[-1:]
 
 
+def bucket(n: int) -> int:
+    """The autotuning bucket of a size: the next power of two (sizes 513…1024 share one config)."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def layout(t: Tensor) -> str:
+    """The memory order of a (..., r, c) operand: "row" (unit stride along a row), "col" (a
+    transposed view: unit stride down a column) or "strided" (neither)."""
+    if t.stride(-1) == 1 or t.shape[-1] == 1:
+        return "row"
+    if t.stride(-2) == 1 or t.shape[-2] == 1:
+        return "col"
+    return "strided"
+
+
+_TUNERS: dict[tuple, Autotuner] = {}
+
+
+def tuned(kernel: JITFunction, configs: Callable[[], list[triton.Config]], tuning_class: tuple) -> Autotuner:
+    """The autotuner of ``kernel`` for one tuning class (sizes bucketed by :func:`bucket`, operand
+    :func:`layout` s, compile-time flags; the launcher builds the tuple). Each benchmarks its
+    configs on its first call and keeps the winner (Triton adds the operand dtypes to its own key);
+    all share ``kernel``'s compiled binaries."""
+    key = (kernel.fn.__name__, *tuning_class)
+    tuner = _TUNERS.get(key)
+    if tuner is None:
+        tuner = triton.autotune(configs=configs(), key=[],
+                                prune_configs_by={"early_config_prune": prune_configs})(kernel)
+        _TUNERS[key] = tuner
+    return tuner
+
+
 def interpreted(kernel: object) -> bool:
-    """True when ``triton.jit`` built ``kernel`` for the CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return not isinstance(kernel, JITFunction)
+    """True when ``triton.jit`` built ``kernel`` for the CPU interpreter (TRITON_INTERPRET=1 at
+    import); then also makes an older interpreter accept the kernels' loop bounds
+    (:mod:`.interpreter_compat`)."""
+    if isinstance(kernel, JITFunction):
+        return False
+    interpreter_compat.apply()
+    return True
 
 
 def check_operand(t: Tensor, name: str, *, interpreting: bool) -> None:
@@ -84,9 +129,15 @@ def check_operand(t: Tensor, name: str, *, interpreting: bool) -> None:
 
 def dot_precision(dtype: torch.dtype, input_precision: str | None) -> str:
     """The ``tl.dot`` input precision: the requested one for fp32 ("ieee" by default); for 16-bit
-    operands Triton's default ("tf32", which does not apply to them)."""
+    operands Triton's default ("tf32", which does not apply to them) on NVIDIA GPUs and "ieee" on
+    ROCm, whose Triton backend accepts no other value (asking ROCm for "tf32" raises here)."""
     if input_precision is not None and input_precision not in FP32_PRECISIONS:
         raise ValueError(f"input_precision must be one of {FP32_PRECISIONS} or None; got {input_precision!r}")
+    if torch.version.hip is not None:
+        if input_precision not in (None, "ieee"):
+            raise ValueError(f"input_precision={input_precision!r} is not available on ROCm "
+                             "(Triton's AMD backend takes only 'ieee')")
+        return "ieee"
     if dtype != torch.float32:
         return "tf32"
     return input_precision or "ieee"

@@ -53,8 +53,6 @@ def _poly_kernel(p_s, p_out, M, b, c,
     store_symmetric(p_out + batch * stride_ob, acc, row, col, offs_i, offs_j, M, stride_om, stride_on)
 
 
-_poly_tuned = triton.autotune(configs=launch.symmetric_configs(), key=["M"],
-                       prune_configs_by={"early_config_prune": launch.prune_configs})(_poly_kernel)
 INTERPRETED = launch.interpreted(_poly_kernel)
 
 
@@ -92,5 +90,6 @@ def poly(s: Tensor, b: float, c: float, *, out: Tensor | None = None,
         def grid(meta):
             tiles = triton.cdiv(m, meta["BLOCK"])
             return (batch * tiles * (tiles + 1) // 2,)
-        _poly_tuned[grid](*args, UPCAST=False, **flags)
+        tuning_class = (launch.bucket(m), launch.layout(s3), launch.layout(o3), *flags.values())
+        launch.tuned(_poly_kernel, launch.symmetric_configs, tuning_class)[grid](*args, UPCAST=False, **flags)
     return res
