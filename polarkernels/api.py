@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import backends, iterate, schedules
+from . import backends, iterate, polar_backward, schedules
 from .arrays import SUPPORTED_DTYPES, from_tensor, to_tensor
 from .gram_newton_schulz import gram_iterate
 from .qdwh import qdwh
@@ -84,12 +84,15 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
     work = x.to(torch.float32) if x.dtype in _HALF else x
     if method == "auto":
         method = auto_polar_method(work.device)
-    if method == "svd":
-        _require_torch_backend(method, backend, work)
-        u, h = svd_polar_decomposition(work, side)
-    else:
-        u = _polar_factor(work, method, backend, steps, tol)
-        h = _hermitian_factor(u, work, side)
+    with torch.no_grad():  # nothing per iteration is recorded: polar_backward differentiates the result
+        if method == "svd":
+            _require_torch_backend(method, backend, work)
+            u, h = svd_polar_decomposition(work.detach(), side)
+        else:
+            u = _polar_factor(work.detach(), method, backend, steps, tol)
+            h = _hermitian_factor(u, work.detach(), side)
+    if polar_backward.needs_derivative(work):
+        u, h = polar_backward.attach(work, u, h, side)
     return from_tensor(u.to(x.dtype), kind), from_tensor(h.to(x.dtype), kind)
 
 
