@@ -13,7 +13,8 @@ from .grad_checks import NonFiniteGradientError
 from .muon import Muon
 from .param_groups import split_params
 from .polargrad import PolarGrad
+from .qk_clip import max_attention_logits, qk_clip_
 from .views import MatrixView, view_for
 
 __all__ = ["PolarGrad", "Muon", "split_params", "MatrixView", "view_for", "EquilibriumMonitor", "GroupStats",
-           "NonFiniteGradientError"]
+           "NonFiniteGradientError", "qk_clip_", "max_attention_logits"]
