@@ -1,18 +1,23 @@
-"""The optimizers under test and how each is built from one sweep point (lr, decay).
+"""The optimizers under test and how each is built from one sweep point (lr, λ, β).
 
 Conventions, the same for every optimizer so that one grid means the same thing for all:
 
-- ``lr`` is the optimizer's own learning rate η (its scale differs by family: PolarGrad's step
-  is η‖M‖_*·U, so its η is orders of magnitude below Muon's); each optimizer has a per-problem
-  centre for its log grid, found by wide pilot sweeps and widened automatically by the sweep.
-- ``decay`` is the weight decay as the per-step shrink ηλ, so λ = decay/η. Decoupled for
-  AdamW, Muon and PolarGrad (W ← (1 − ηλ)W); L2 (g ← g + λW) for SGD, whose shrink per step
-  is then also ηλ before momentum.
+- ``lr`` is the optimizer's own peak learning rate η (its scale differs by family:
+  PolarGrad's step is η‖M‖_*·U, so its η is orders of magnitude away from Muon's); each
+  optimizer has a per-problem starting point for the coordinate descent of
+  :mod:`bench.optimizers.sweep`, from pilot sweeps. The schedule multiplies η (and, for the
+  decoupled decays, the shrink ηλ) at every step.
+- ``weight_decay`` is λ: decoupled for AdamW, Muon and PolarGrad (W ← (1 − ηλ)W), L2
+  (g ← g + λW) for SGD.
+- ``beta`` is the one momentum coefficient each optimizer is most sensitive to: AdamW's β₂,
+  the momentum of SGD, Muon and PolarGrad. Its grid is per optimizer (:attr:`OptimizerSpec.betas`).
 - Hybrid optimizers (Muon, PolarGrad) take the polar update on the matrix weights chosen by
   :func:`polarkernels.optim.split_params` (hidden matrices; not embeddings, biases, norms or the
-  output head) and AdamW on the rest, at the (lr, decay) AdamW itself was tuned to on the same
-  problem: one learning rate is swept per optimizer, and the non-matrix parameters are treated
-  identically by all hybrids.
+  output head) and AdamW on the rest, at the (lr, λ, β₂) AdamW itself was tuned to on the same
+  problem and budget: the non-matrix parameters are treated identically by all hybrids.
+- The polar-accuracy ablation (``*_pe_bf16``, ``*_quintic``, ``*_cubic``, ``*_svd``) runs
+  Muon and polar-first PolarGrad with four polar factors, from a 5-step bfloat16 approximation
+  to the exact (SVD) factor.
 """
 
 from __future__ import annotations
@@ -28,15 +33,15 @@ from polarkernels.optim import Muon, PolarGrad, split_params
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of a sweep: learning rate η and per-step weight-decay shrink ηλ."""
+    """One point of a sweep: peak learning rate η, weight decay λ, momentum coefficient β
+    (None: the optimizer's default, :attr:`OptimizerSpec.beta`)."""
 
     lr: float
-    decay: float = 0.0
+    weight_decay: float = 0.0
+    beta: float | None = None
 
-    @property
-    def weight_decay(self) -> float:
-        """λ = decay / η."""
-        return self.decay / self.lr
+    def as_dict(self) -> dict[str, float | None]:
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "beta": self.beta}
 
 
 class Steppers:
@@ -44,6 +49,10 @@ class Steppers:
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -56,95 +65,142 @@ class Steppers:
 
 Builder = Callable[[nn.Module, Setting, Setting | None], torch.optim.Optimizer | Steppers]
 
+#: AdamW's β₂ where it is not tuned (the middle of its grid)
+ADAMW_BETA2 = 0.98
+
+
+@dataclass(frozen=True)
+class PolarFactor:
+    """How a hybrid computes its polar factor (the ablation's variable)."""
+
+    method: str
+    steps: int = 5
+    dtype: torch.dtype | None = None
+
+    @property
+    def label(self) -> str:
+        dtype = {torch.bfloat16: "bf16", None: "fp32"}[self.dtype]
+        return "SVD (exact)" if self.method == "svd" else f"{self.method} × {self.steps}, {dtype}"
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """An optimizer under test: how to build it and where its LR grid is centred per problem."""
+    """An optimizer under test: how to build it and where its tuning starts per problem."""
 
     name: str
     label: str
     build: Builder
+    #: peak lr the coordinate descent starts from, by problem family
     lr_center: dict[str, float] = field(repr=False)
-    #: takes AdamW's tuned (lr, decay) for the non-matrix parameters
+    #: grid of the tuned momentum coefficient (AdamW: β₂); the middle value is the start
+    betas: tuple[float, ...] = (0.9, 0.95, 0.98)
+    #: λ the coordinate descent starts from (an entry of the protocol's λ grid)
+    weight_decay: float = 0.0
+    #: takes AdamW's tuned setting for the non-matrix parameters
     hybrid: bool = False
+    polar: PolarFactor | None = None
 
-    def applies_to(self, problem: str) -> bool:
-        return problem in self.lr_center
+    @property
+    def beta(self) -> float:
+        return self.betas[len(self.betas) // 2]
+
+    def applies_to(self, family: str) -> bool:
+        return family in self.lr_center
 
 
-def _groups(model: nn.Module, setting: Setting, adamw: Setting | None) -> list[dict]:
-    """split_params' groups, the AdamW one pinned to AdamW's tuned (lr, decay)."""
+def _beta(s: Setting, spec_beta: float) -> float:
+    return spec_beta if s.beta is None else s.beta
+
+
+def _groups(model: nn.Module, adamw: Setting | None) -> list[dict]:
+    """split_params' groups, the AdamW one pinned to AdamW's tuned (lr, λ, β₂)."""
     groups = split_params(model)
     for g in groups:
         if g["algorithm"] == "adamw":
             if adamw is None:
                 raise ValueError("this model has non-matrix parameters: a hybrid optimizer needs AdamW's setting")
-            g.update(lr=adamw.lr, weight_decay=adamw.weight_decay)
+            g.update(lr=adamw.lr, weight_decay=adamw.weight_decay,
+                     betas=(0.9, _beta(adamw, ADAMW_BETA2)))
     return groups
 
 
 def _sgd(model: nn.Module, s: Setting, adamw: Setting | None) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=0.9, nesterov=True,
+    return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=_beta(s, 0.9), nesterov=True,
                            weight_decay=s.weight_decay)
 
 
 def _adamw(model: nn.Module, s: Setting, adamw: Setting | None) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay,
+                             betas=(0.9, _beta(s, ADAMW_BETA2)))
 
 
 def _torch_muon(model: nn.Module, s: Setting, adamw: Setting | None) -> Steppers:
-    groups = _groups(model, s, adamw)
     opts: list[torch.optim.Optimizer] = []
-    for g in groups:
+    for g in _groups(model, adamw):
         if g["algorithm"] == "polar":
             opts.append(torch.optim.Muon(g["params"], lr=s.lr, weight_decay=s.weight_decay,
-                                         adjust_lr_fn="match_rms_adamw"))
+                                         momentum=_beta(s, 0.95), adjust_lr_fn="match_rms_adamw"))
         else:
-            opts.append(torch.optim.AdamW(g["params"], lr=g["lr"], weight_decay=g["weight_decay"]))
+            opts.append(torch.optim.AdamW(g["params"], lr=g["lr"], weight_decay=g["weight_decay"],
+                                          betas=g["betas"]))
     return Steppers(opts)
 
 
-def _pk_muon(model: nn.Module, s: Setting, adamw: Setting | None) -> torch.optim.Optimizer:
-    return Muon(_groups(model, s, adamw), lr=s.lr, weight_decay=s.weight_decay,
-                method="polar_express", adjust_lr_fn="match_rms_adamw")
-
-
-def _polargrad(method: str, *, polar_first: bool = False, momentum: float = 0.95) -> Builder:
-    steps = 6 if method == "qdwh" else 5    # QDWH: converged (≤ 6 iterations; it stops early)
-
+def _muon(factor: PolarFactor) -> Builder:
     def build(model: nn.Module, s: Setting, adamw: Setting | None) -> torch.optim.Optimizer:
-        return PolarGrad(_groups(model, s, adamw), lr=s.lr, weight_decay=s.weight_decay,
-                         momentum=momentum, polar_first=polar_first, method=method, steps=steps)
+        return Muon(_groups(model, adamw), lr=s.lr, weight_decay=s.weight_decay, momentum=_beta(s, 0.95),
+                    method=factor.method, steps=factor.steps, dtype=factor.dtype,
+                    adjust_lr_fn="match_rms_adamw")
     return build
 
 
-#: Centres of the LR grids, from pilot sweeps over 4 decades at the quick budgets (seed 0):
-#: the best pilot point, moved half a decade down where the full budget is much longer.
+def _polargrad(factor: PolarFactor, *, polar_first: bool = False, momentum: float = 0.95) -> Builder:
+    def build(model: nn.Module, s: Setting, adamw: Setting | None) -> torch.optim.Optimizer:
+        return PolarGrad(_groups(model, adamw), lr=s.lr, weight_decay=s.weight_decay,
+                         momentum=_beta(s, momentum), polar_first=polar_first, method=factor.method,
+                         steps=factor.steps, dtype=factor.dtype)
+    return build
+
+
+QDWH = PolarFactor("qdwh", 6)             # converged (≤ 6 iterations; it stops early)
+PE = PolarFactor("polar_express")
+#: the ablation's four polar factors, least to most accurate
+ABLATION = {"pe_bf16": PolarFactor("polar_express", 5, torch.bfloat16),
+            "quintic": PolarFactor("muon", 5, torch.bfloat16),
+            "cubic": PolarFactor("newton_schulz", 5, torch.bfloat16),
+            "svd": PolarFactor("svd")}
+
+#: Starting learning rates, from pilot sweeps (seed 0) at the quick budgets; "stdlib_lm" is the
+#: byte-level transformer family (every model size and data ratio), under the cosine schedule.
+_MUON_LR = {"quadratic": 0.1, "logistic": 0.1, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 1e-2}
+_PG_PF_LR = {"quadratic": 1e-7, "logistic": 1e-6, "completion": 10.0, "digits_mlp": 3e-2, "stdlib_lm": 0.1}
+_LM = {"stdlib_lm"}
+
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("adamw", "AdamW", _adamw, {
-        "quadratic": 0.3, "logistic": 3e-2, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 1e-3}),
-    OptimizerSpec("sgd", "SGD (momentum 0.9, Nesterov)", _sgd, {
-        "quadratic": 1e-7, "logistic": 1e-5, "completion": 10.0, "digits_mlp": 0.1, "stdlib_lm": 3e-2}),
-    OptimizerSpec("muon_torch", "torch.optim.Muon", _torch_muon, {
-        "quadratic": 0.1, "logistic": 0.1, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 3e-3},
-        hybrid=True),
-    OptimizerSpec("muon_pk", "polarkernels Muon (Polar Express)", _pk_muon, {
-        "quadratic": 0.1, "logistic": 0.1, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 3e-3},
-        hybrid=True),
-    OptimizerSpec("polargrad_qdwh", "PolarGrad (QDWH)", _polargrad("qdwh"), {
-        "quadratic": 3e-8, "logistic": 1e-6, "completion": 30.0, "digits_mlp": 3e-2, "stdlib_lm": 0.1},
-        hybrid=True),
-    OptimizerSpec("polargrad_qdwh_pf", "PolarGrad (QDWH, polar-first)", _polargrad("qdwh", polar_first=True), {
-        "quadratic": 1e-7, "logistic": 1e-6, "completion": 10.0, "digits_mlp": 3e-2, "stdlib_lm": 0.1},
-        hybrid=True),
-    OptimizerSpec("polargrad_pe", "PolarGrad (Polar Express)", _polargrad("polar_express"), {
-        "quadratic": 3e-8, "logistic": 1e-6, "completion": 30.0, "digits_mlp": 3e-2, "stdlib_lm": 0.1},
-        hybrid=True),
-    OptimizerSpec("polargrad_pe_pf", "PolarGrad (Polar Express, polar-first)",
-                  _polargrad("polar_express", polar_first=True), {
-        "quadratic": 1e-7, "logistic": 1e-6, "completion": 10.0, "digits_mlp": 3e-2, "stdlib_lm": 0.1},
-        hybrid=True),
+        "quadratic": 0.3, "logistic": 3e-2, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 3e-3},
+        betas=(0.95, ADAMW_BETA2, 0.999), weight_decay=0.1),
+    OptimizerSpec("sgd", "SGD (Nesterov)", _sgd, {
+        "quadratic": 1e-7, "logistic": 1e-5, "completion": 10.0, "digits_mlp": 0.1},
+        betas=(0.8, 0.9, 0.95)),
+    OptimizerSpec("muon_torch", "torch.optim.Muon", _torch_muon, dict(_MUON_LR), weight_decay=0.1, hybrid=True),
+    OptimizerSpec("muon", "Muon (polarkernels, Polar Express fp32)", _muon(PE), dict(_MUON_LR),
+                  weight_decay=0.1, hybrid=True, polar=PE),
+    OptimizerSpec("polargrad_qdwh", "PolarGrad (QDWH)", _polargrad(QDWH), {
+        "quadratic": 3e-8, "logistic": 1e-6, "completion": 30.0, "digits_mlp": 3e-2},
+        hybrid=True, polar=QDWH),
+    OptimizerSpec("polargrad_pe", "PolarGrad (Polar Express)", _polargrad(PE), {
+        "quadratic": 3e-8, "logistic": 1e-6, "completion": 30.0, "digits_mlp": 3e-2},
+        hybrid=True, polar=PE),
+    OptimizerSpec("polargrad", "PolarGrad (polar-first, Polar Express fp32)", _polargrad(PE, polar_first=True),
+                  dict(_PG_PF_LR), weight_decay=0.01, hybrid=True, polar=PE),
     OptimizerSpec("polarsgd_qdwh", "PolarSGD (QDWH, no momentum; the paper's setting)",
-                  _polargrad("qdwh", momentum=0.0), {"quadratic": 3e-8, "logistic": 3e-7, "completion": 10.0},
-                  hybrid=True),
+                  _polargrad(QDWH, momentum=0.0), {"quadratic": 3e-8, "logistic": 3e-7, "completion": 10.0},
+                  betas=(0.0,), hybrid=True, polar=QDWH),
+    *(OptimizerSpec(f"muon_{key}", f"Muon, {factor.label}", _muon(factor),
+                    {k: v for k, v in _MUON_LR.items() if k in _LM}, weight_decay=0.1, hybrid=True,
+                    polar=factor) for key, factor in ABLATION.items()),
+    *(OptimizerSpec(f"polargrad_{key}", f"PolarGrad (polar-first), {factor.label}",
+                    _polargrad(factor, polar_first=True), {k: v for k, v in _PG_PF_LR.items() if k in _LM},
+                    weight_decay=0.01, hybrid=True, polar=factor) for key, factor in ABLATION.items()),
 )}

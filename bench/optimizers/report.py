@@ -1,13 +1,11 @@
-"""From the recorded runs to the per-problem tables and plots.
+"""From the recorded runs and tunings to the tables and plots of ``bench/OPTIMIZERS.md``.
 
-Everything is recomputed from the run records (so ``--report-only`` needs no training): for
-each optimizer the best setting is the seed-0 run with the lowest final loss (the sweep's own
-rule), and its figures are over every recorded seed of that setting.
+Everything is recomputed from the results JSON (so ``--report-only`` needs no training). For
+each optimizer at a cell the chosen setting is the one its coordinate descent chose (recorded
+in ``tunings``), and its figures are over every recorded seed of that setting.
 
-Speedup: the target is AdamW's final loss (mean over seeds); an optimizer's steps-to-target is
-the first logged step at which its seed-mean curve is at or below the target, and the speedup
-is AdamW's steps-to-target over the optimizer's (> 1: fewer steps than AdamW). Steps are
-resolved to the logging interval (budget / evals).
+Speedup over AdamW (Wen et al.): :func:`bench.optimizers.scaling.adamw_equivalent_speedup` on
+AdamW's seed-mean final loss at every ratio of the same model size.
 """
 
 from __future__ import annotations
@@ -15,39 +13,36 @@ from __future__ import annotations
 import io
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .optimizers import OPTIMIZERS, Setting
+from .protocol import (Protocol, ablation_cell, problem_optimizers, scaling_cells, schedule_cell, single_cell,
+                       single_problems)
+from .scaling import Speedup, adamw_equivalent_speedup
 from .store import RunStore
-from .sweep import final_loss
+from .sweep import Cell, final_loss
 
 
 @dataclass
 class Summary:
-    """One optimizer on one problem at its chosen setting."""
+    """One optimizer at one cell, at its chosen setting."""
 
     optimizer: str
     setting: Setting
+    flags: list[str]
+    tuning_runs: int
     finals: list[float]                              # final loss per seed
     curve: dict[str, list[float]]                    # seed-mean of every logged metric
-    sweep: list[tuple[float, float, float]]          # (lr, decay, final loss) of the seed-0 runs
-    extras: dict[str, float] = field(default_factory=dict)   # seed-mean of the other final metrics
-    ms_per_step: float = math.nan
-    steps_to_target: int | None = None
-    speedup: float | None = None
+    ms_per_step: float
+    optimizer_ms_per_step: float
+    extras: dict[str, float]
+    speedup: Speedup | None = None
 
     @property
     def label(self) -> str:
         return OPTIMIZERS[self.optimizer].label
-
-    @property
-    def at_grid_edge(self) -> bool:
-        """Whether the chosen lr is the smallest or largest swept (the optimum may lie beyond it:
-        the sweep stopped growing the grid after ``max_extensions`` points)."""
-        lrs = [lr for lr, decay, _ in self.sweep if decay == 0]
-        return self.setting.lr in (min(lrs), max(lrs))
 
     @property
     def mean(self) -> float:
@@ -58,46 +53,29 @@ class Summary:
         return statistics.stdev(self.finals) if len(self.finals) > 1 and math.isfinite(self.mean) else 0.0
 
 
-def summarize(store: RunStore, problem: str, steps: int) -> dict[str, Summary]:
-    """Summaries of every optimizer recorded for ``problem`` at budget ``steps``, AdamW first."""
-    runs = [r for r in store.runs.values() if r["problem"] == problem and r["steps"] == steps]
-    adamw = _summary("adamw", [r for r in runs if r["optimizer"] == "adamw"])
-    if adamw is None:
-        return {}
-    pinned = {"lr": adamw.setting.lr, "decay": adamw.setting.decay}
-    out = {"adamw": adamw}
-    for name in OPTIMIZERS:
-        if name == "adamw":
+def summarize(store: RunStore, cell: Cell, optimizers: list[str] | None = None) -> dict[str, Summary]:
+    """Summaries of the optimizers tuned at ``cell`` (all recorded ones unless listed)."""
+    tunings = store.tunings.get(cell.key, {})
+    out = {}
+    for name in optimizers if optimizers is not None else list(tunings):
+        if name not in tunings:
             continue
-        mine = [r for r in runs if r["optimizer"] == name and r["adamw"] in (None, pinned)]
-        summary = _summary(name, mine)
-        if summary is not None:
-            out[name] = summary
-    target = adamw.mean
-    base = _first_step_at(adamw.curve, target)
-    for s in out.values():
-        s.steps_to_target = _first_step_at(s.curve, target)
-        if base is not None and s.steps_to_target is not None:
-            s.speedup = base / max(s.steps_to_target, 1)
+        t = tunings[name]
+        runs = sorted((r for r in store.runs.values()
+                       if r["problem"] == cell.problem.name and r["optimizer"] == name
+                       and r["steps"] == cell.budget.steps and r["schedule"] == cell.schedule.as_dict()
+                       and r["setting"] == t["chosen"] and r["adamw"] == (t["adamw"] if OPTIMIZERS[name].hybrid
+                                                                           else None)),
+                      key=lambda r: r["seed"])
+        if not runs:
+            continue
+        extras = {k: statistics.fmean(r["final"][k] for r in runs) for k in runs[0]["final"]
+                  if k != "loss" and not k.startswith("grad_") and all(r["final"].get(k) is not None for r in runs)}
+        out[name] = Summary(name, Setting(**t["chosen"]), t["flags"], t["runs"], [final_loss(r) for r in runs],
+                            _mean_curve([r["curve"] for r in runs]),
+                            statistics.fmean(r["ms_per_step"] for r in runs),
+                            statistics.fmean(r["optimizer_ms_per_step"] for r in runs), extras)
     return out
-
-
-def _summary(name: str, runs: list[dict[str, Any]]) -> Summary | None:
-    sweep_runs = [r for r in runs if r["seed"] == 0]
-    if not sweep_runs:
-        return None
-    best = min(sweep_runs, key=final_loss)
-    chosen = sorted((r for r in runs if r["lr"] == best["lr"] and r["decay"] == best["decay"]),
-                    key=lambda r: r["seed"])
-    curve = _mean_curve([r["curve"] for r in chosen])
-    extras = {k: statistics.fmean(r["final"][k] for r in chosen) for k in best["final"]
-              if k != "loss" and not k.startswith("grad_") and all(r["final"].get(k) is not None for r in chosen)}
-    return Summary(
-        optimizer=name, setting=Setting(best["lr"], best["decay"]),
-        finals=[final_loss(r) for r in chosen], curve=curve,
-        sweep=sorted((r["lr"], r["decay"], final_loss(r)) for r in sweep_runs),
-        extras=extras,
-        ms_per_step=1e3 * statistics.fmean(r["seconds"] / max(r["steps_done"], 1) for r in chosen))
 
 
 def _mean_curve(curves: list[dict[str, list]]) -> dict[str, list[float]]:
@@ -106,89 +84,195 @@ def _mean_curve(curves: list[dict[str, list]]) -> dict[str, list[float]]:
     out = {"step": curves[0]["step"][:n]}
     for key in curves[0]:
         if key != "step":
-            out[key] = [_mean_or_nan([c[key][i] for c in curves]) for i in range(n)]
+            values = [[c[key][i] for c in curves] for i in range(n)]
+            out[key] = [math.nan if any(v is None for v in vs) else statistics.fmean(vs) for vs in values]
     return out
-
-
-def _mean_or_nan(values: list[float | None]) -> float:
-    return math.nan if any(v is None for v in values) else statistics.fmean(values)
-
-
-def _first_step_at(curve: dict[str, list[float]], target: float) -> int | None:
-    """First logged step whose loss is ≤ target (relative slack 1e-9 for the baseline's own end)."""
-    for step, loss in zip(curve["step"], curve["loss"]):
-        if loss <= target * (1 + 1e-9) + 1e-300:
-            return step
-    return None
 
 
 def _fmt(x: float) -> str:
     return "diverged" if not math.isfinite(x) else f"{x:.4g}"
 
 
-def markdown_table(problem_title: str, metric: str, summaries: dict[str, Summary]) -> str:
-    """The per-problem table, best mean final loss first."""
-    extra_keys = sorted({k for s in summaries.values() for k in s.extras})
-    head = ["optimizer", "lr η", "decay ηλ", f"final {metric} (mean ± sd, n)", "steps to AdamW's final",
-            "speedup vs AdamW", *extra_keys, "ms/step"]
-    lines = [f"**{problem_title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def _setting(s: Summary) -> list[str]:
+    dagger = " †" if s.flags else ""
+    beta = "—" if s.setting.beta is None else f"{s.setting.beta:g}"
+    return [f"{s.setting.lr:.3g}{dagger}", f"{s.setting.weight_decay:g}", beta]
+
+
+def cell_table(title: str, metric: str, summaries: dict[str, Summary], *, speedups: bool = True) -> str:
+    """One cell's table, best mean final loss first."""
+    head = ["optimizer", "peak lr η", "λ", "β", f"final {metric} (mean ± sd, n)",
+            *(["speedup vs AdamW"] if speedups else []), "ms/step", "optimizer ms/step", "tuning runs"]
+    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sorted(summaries.values(), key=lambda s: s.mean):
-        lr = f"{s.setting.lr:.3g}{' †' if s.at_grid_edge else ''}"
-        cells = [s.label, lr, f"{s.setting.decay:.0e}" if s.setting.decay else "0",
-                 f"{_fmt(s.mean)} ± {s.std:.2g} ({len(s.finals)})",
-                 str(s.steps_to_target) if s.steps_to_target is not None else "not reached",
-                 f"{s.speedup:.2f}×" if s.speedup is not None else "—",
-                 *[f"{s.extras[k]:.4g}" if k in s.extras else "—" for k in extra_keys],
-                 f"{s.ms_per_step:.1f}"]
+        cells = [s.label, *_setting(s), f"{_fmt(s.mean)} ± {s.std:.2g} ({len(s.finals)})",
+                 *([str(s.speedup) if s.speedup is not None else "—"] if speedups else []),
+                 f"{s.ms_per_step:.1f}", f"{s.optimizer_ms_per_step:.1f}", str(s.tuning_runs)]
         lines.append("| " + " | ".join(cells) + " |")
-    if any(s.at_grid_edge for s in summaries.values()):
-        lines += ["", "† best at the edge of its swept learning-rate grid (after the allowed extensions): "
-                      "the optimum may lie beyond it."]
+    flagged = [f"{s.label}: {'; '.join(s.flags)}" for s in summaries.values() if s.flags]
+    if flagged:
+        lines += ["", "† " + " — ".join(flagged)]
     return "\n".join(lines)
 
 
-def plot(path: Path, problem_title: str, metric: str, log_scale: bool, summaries: dict[str, Summary]) -> None:
-    """Loss curves (seed means at the chosen settings), LR sensitivity and, for the matrix
-    problems, ‖∇f‖_* and κ₂(∇f) along the chosen runs; one small PNG per problem."""
-    import matplotlib
+@dataclass
+class ScalingResult:
+    size: str
+    title: str
+    tokens_per_param: float
+    cell: Cell
+    summaries: dict[str, Summary]
 
-    matplotlib.use("Agg")
+
+def scaling_results(store: RunStore, p: Protocol) -> list[ScalingResult]:
+    """Summaries of every completed scaling cell, with Wen et al.'s speedups filled in."""
+    out = []
+    for c in scaling_cells(p):
+        summaries = summarize(store, c.cell, ["adamw", "muon", "polargrad"])
+        if "adamw" in summaries:
+            out.append(ScalingResult(c.size.tag, c.cell.problem.title, c.tokens_per_param, c.cell, summaries))
+    for size in p.sizes:
+        mine = [r for r in out if r.size == size.tag]
+        budgets = [r.cell.budget.steps for r in mine]
+        adamw = [r.summaries["adamw"].mean for r in mine]
+        for r in mine:
+            for s in r.summaries.values():
+                s.speedup = adamw_equivalent_speedup(budgets, adamw, r.cell.budget.steps, s.mean)
+    return out
+
+
+def verdict_table(results: list[ScalingResult]) -> str:
+    """Rows: size × ratio; per optimizer its final loss and speedup; the winner."""
+    names = ["adamw", "muon", "polargrad"]
+    head = ["model", "tokens/param", "steps", *(OPTIMIZERS[n].label.split(" (")[0] for n in names), "winner"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r.size, f"{r.tokens_per_param:g}", str(r.cell.budget.steps)]
+        for n in names:
+            s = r.summaries.get(n)
+            cells.append("—" if s is None else f"{_fmt(s.mean)} ± {s.std:.2g}"
+                         + (f" ({s.speedup})" if n != "adamw" and s.speedup is not None else ""))
+        best = min(r.summaries.values(), key=lambda s: s.mean)
+        cells.append(best.label.split(" (")[0])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(store: RunStore, p: Protocol, out: Path) -> str:
+    """All tables as markdown (returned and written to ``optimizers_<mode>.md``) and the plots."""
+    metric = "val loss"
+    parts = [f"# Optimizer benchmark, {p.mode} protocol (generated by `python -m bench.optimizers"
+             f"{'' if p.mode == 'full' else ' --' + p.mode}`)", ""]
+    results = scaling_results(store, p)
+    if results:
+        parts += ["## Scaling study: verdict", "", "Final validation loss (nats/byte, mean ± sd over seeds) and, "
+                  "in brackets, the speedup over AdamW: the AdamW budget reaching the same loss on AdamW's own "
+                  "final-loss-vs-budget curve, over this budget (> or <: outside AdamW's measured budgets).", "",
+                  verdict_table(results), ""]
+        parts += ["## Scaling study: every cell", ""]
+        for r in results:
+            parts += [cell_table(f"{r.title}: {r.tokens_per_param:g} tokens/param, {r.cell.budget.steps} steps, "
+                                 f"{r.cell.schedule.label}", metric, r.summaries), ""]
+        for size in p.sizes:
+            mine = [r for r in results if r.size == size.tag]
+            if mine:
+                plot_scaling(out / f"optimizers_{p.mode}_lm_{size.tag}.png", mine)
+    a = ablation_cell(p)
+    ablation = summarize(store, a.cell, [n for n in OPTIMIZERS if n.startswith(("muon", "polargrad"))
+                                         and n not in ("muon_torch", "polargrad_pe", "polargrad_qdwh")])
+    if len(ablation) > 2:
+        parts += ["## Polar-factor accuracy ablation", "",
+                  cell_table(f"{a.cell.problem.title}: {a.tokens_per_param:g} tokens/param, {a.cell.budget.steps} "
+                             f"steps, {a.cell.schedule.label}", metric, ablation, speedups=False), ""]
+        plot_cells(out / f"optimizers_{p.mode}_ablation.png", "Polar-factor ablation", a.cell, ablation)
+    sc = schedule_cell(p)
+    sched = summarize(store, sc, ["adamw", "muon", "polargrad"])
+    if sched:
+        parts += ["## Schedule check", "", cell_table(f"{sc.problem.title}: {sc.budget.steps} steps, "
+                                                      f"{sc.schedule.label}", metric, sched, speedups=False), ""]
+        plot_cells(out / f"optimizers_{p.mode}_schedule.png", f"{sc.schedule.label}", sc, sched)
+    for problem in single_problems(p):
+        c = single_cell(p, problem)
+        summaries = summarize(store, c, list(problem_optimizers(problem)) + ["adamw"])
+        if summaries:
+            parts += [f"## {problem.title}", "", cell_table(f"{problem.title}: {c.budget.steps} steps, "
+                                                            f"{c.schedule.label}", problem.metric, summaries,
+                                                            speedups=False), ""]
+            plot_cells(out / f"optimizers_{p.mode}_{problem.name}.png", problem.title, c, summaries,
+                       log_scale=problem.log_scale)
+    text = "\n".join(parts)
+    (out / f"optimizers_{p.mode}.md").write_text(text + "\n")
+    return text
+
+
+def _colors() -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    return {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(OPTIMIZERS)}
+
+
+def _draw(ax: Any, cell: Cell, summaries: dict[str, Summary], colors: dict[str, Any], log_scale: bool) -> None:
+    """Seed-mean loss curves, the schedule's warm-up end and decay start marked, the y range
+    zoomed on the second half of training (where the curves cross)."""
+    tail = []
+    for name, s in summaries.items():
+        ax.plot(s.curve["step"], s.curve["loss"], color=colors[name], label=s.label, lw=1.2)
+        half = [v for st, v in zip(s.curve["step"], s.curve["loss"]) if st >= cell.budget.steps / 2 and math.isfinite(v)]
+        tail += half
+    start = cell.schedule.decay_start(cell.budget.steps)
+    if start is not None:
+        ax.axvline(start, color="k", ls=":", lw=0.8)
+        ax.text(start, 1.0, " decay", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+    if tail:
+        lo, hi = min(tail), max(tail)
+        pad = 0.1 * (hi - lo) if not log_scale else 0
+        ax.set_ylim(lo - pad if not log_scale else lo / 1.5, hi + 3 * pad if not log_scale else hi * 3)
+    ax.set_yscale("log" if log_scale else "linear")
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    grads = sorted({k.split("/", 1)[1] for s in summaries.values() for k in s.curve if k.startswith("grad_nuc/")})
-    panels = 4 if grads else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.8))
-    colors = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(OPTIMIZERS)}
-    for name, s in summaries.items():
-        c = colors[name]
-        axes[0].plot(s.curve["step"], s.curve["loss"], color=c, label=s.label)
-        lrs = [lr for lr, decay, _ in s.sweep if decay == 0]
-        finals = [f if math.isfinite(f) else math.nan for lr, decay, f in s.sweep if decay == 0]
-        axes[1].plot(lrs, finals, "o-", color=c, ms=3)
-        for kind, ax in zip(("grad_nuc", "grad_cond"), axes[2:]):
-            for g, style in zip(grads, ("-", "--")):
-                key = f"{kind}/{g}"
-                if key in s.curve:
-                    ax.plot(s.curve["step"], s.curve[key], style, color=c)
-    axes[0].set(xlabel="step", ylabel=metric, title="chosen setting, mean over seeds")
-    axes[1].set(xscale="log", xlabel="learning rate η (seed 0, no decay)", ylabel=f"final {metric}",
-                title="LR sensitivity")
-    if grads:
-        dash = f" ({grads[0]} solid, {grads[1]} dashed)" if len(grads) > 1 else ""
-        axes[2].set(yscale="log", xlabel="step", title="‖∇f‖_* (full objective)" + dash)
-        axes[3].set(yscale="log", xlabel="step", title="κ₂(∇f)" + dash)
-    for ax in axes[:2]:
-        ax.set_yscale("log" if log_scale else "linear")
-        ax.grid(alpha=0.3)
-    fig.suptitle(problem_title, fontsize=10)
-    ncol = min(len(summaries), 3 if panels == 2 else 5)
-    rows = math.ceil(len(summaries) / ncol)
-    fig.legend(loc="lower center", ncol=ncol, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.02 + 0.055 * rows, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=70)
     plt.close(fig)
     # a 64-colour palette keeps the committed PNGs ~3× smaller with no visible loss
     Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
+
+
+def plot_scaling(path: Path, results: list[ScalingResult]) -> None:
+    """One panel per data/model ratio of one model size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = _colors()
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        _draw(ax, r.cell, r.summaries, colors, False)
+        ax.set(xlabel="step", ylabel="val loss (nats/byte)", title=f"{r.tokens_per_param:g} tokens/param")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(f"{results[0].title}; {results[0].cell.schedule.label}; mean over seeds", fontsize=9)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.94))
+    _save(fig, path)
+
+
+def plot_cells(path: Path, title: str, cell: Cell, summaries: dict[str, Summary], *, log_scale: bool = False) -> None:
+    """Loss curves of one cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    _draw(ax, cell, summaries, _colors(), log_scale)
+    ax.set(xlabel="step", ylabel=cell.problem.metric)
+    ax.legend(fontsize=6, ncol=2, frameon=False)
+    fig.suptitle(f"{title} ({cell.budget.steps} steps, {cell.schedule.label})", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

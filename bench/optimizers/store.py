@@ -1,10 +1,12 @@
 """The resumable record of every run: one JSON file, rewritten atomically after each run.
 
-Layout: ``{"meta": {...provenance...}, "runs": [record, ...]}`` with the records of
-:func:`bench.optimizers.runner.run`. Non-finite numbers are written as ``null`` (strict JSON);
-a diverged run's final loss therefore reads back as ``None``. A run is identified by
-(problem, optimizer, lr, decay, seed, steps, adamw): rerunning the benchmark skips every run
-already recorded, so an interrupted sweep resumes where it stopped.
+Layout: ``{"meta": {...provenance...}, "runs": [record, ...], "tunings": {cell: {optimizer:
+tuning}}}`` with the records of :func:`bench.optimizers.runner.run` and the coordinate-descent
+outcomes of :mod:`bench.optimizers.sweep`. Non-finite numbers are written as ``null`` (strict
+JSON); a diverged run's final loss therefore reads back as ``None``. A run is identified by
+(problem, optimizer, setting, seed, steps, schedule, AdamW's setting for the hybrids):
+rerunning the benchmark skips every run already recorded, so an interrupted sweep resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ from pathlib import Path
 from typing import Any
 
 
-def run_key(problem: str, optimizer: str, lr: float, decay: float, seed: int, steps: int,
+def _canonical(value: Any) -> Any:
+    """Floats to 6 significant digits, so that keys of reruns match exactly."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items())}
+    return value
+
+
+def run_key(problem: str, optimizer: str, setting: dict, seed: int, steps: int, schedule: dict,
             adamw: dict | None) -> str:
-    """The identity of a run (learning rates compared to 6 significant digits)."""
-    aw = "-" if adamw is None else f"{adamw['lr']:.6g}/{adamw['decay']:.6g}"
-    return f"{problem}|{optimizer}|{lr:.6g}|{decay:.6g}|{seed}|{steps}|{aw}"
+    """The identity of a run."""
+    return json.dumps(_canonical({"problem": problem, "optimizer": optimizer, "setting": setting, "seed": seed,
+                                  "steps": steps, "schedule": schedule, "adamw": adamw}), sort_keys=True)
+
+
+def record_key(record: dict[str, Any]) -> str:
+    return run_key(record["problem"], record["optimizer"], record["setting"], record["seed"],
+                   record["steps"], record["schedule"], record["adamw"])
 
 
 def _strict(value: Any) -> Any:
@@ -41,28 +57,35 @@ class RunStore:
         self.path = Path(path)
         self.meta = meta
         self.runs: dict[str, dict[str, Any]] = {}
+        self.tunings: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             saved = json.loads(self.path.read_text())
             # a run on a subset of the problems keeps the provenance of the others
             self.meta["problems"] = {**saved["meta"].get("problems", {}), **meta.get("problems", {})}
+            # the commit each session of an interrupted run started at
+            self.meta["sessions"] = [*saved["meta"].get("sessions", []), *meta.get("sessions", [])]
+            self.tunings = saved.get("tunings", {})
             for record in saved["runs"]:
-                self.runs[self._key(record)] = record
-
-    @staticmethod
-    def _key(record: dict[str, Any]) -> str:
-        return run_key(record["problem"], record["optimizer"], record["lr"], record["decay"],
-                       record["seed"], record["steps"], record["adamw"])
+                self.runs[record_key(record)] = record
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.runs.get(key)
 
     def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Record a run and rewrite the file (write to a temporary file, then rename)."""
+        """Record a run and rewrite the file."""
         record = _strict(record)
-        self.runs[self._key(record)] = record
+        self.runs[record_key(record)] = record
+        self.save()
+        return record
+
+    def add_tuning(self, cell: str, optimizer: str, tuning: dict[str, Any]) -> None:
+        self.tunings.setdefault(cell, {})[optimizer] = _strict(tuning)
+        self.save()
+
+    def save(self) -> None:
+        """Write to a temporary file, then rename (a crash never leaves a torn file)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": self.meta, "runs": list(self.runs.values())},
+        tmp.write_text(json.dumps({"meta": self.meta, "runs": list(self.runs.values()), "tunings": self.tunings},
                                   separators=(",", ":"), allow_nan=False))
         os.replace(tmp, self.path)
-        return record

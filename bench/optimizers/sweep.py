@@ -1,51 +1,75 @@
-"""The tuning protocol: the same sweep, with the same budget, for every optimizer on a problem.
+"""The tuning protocol: coordinate descent with the same budget for every optimizer.
 
-Per problem, AdamW first (the hybrids reuse its tuned setting for their non-matrix
-parameters), then every other optimizer that applies:
+Wen et al. ("Fantastic Pretraining Optimizers and Where to Find Them", arXiv 2509.02046) tune
+every optimizer's hyperparameters by coordinate descent and compare at the end of the
+schedule; this module does the same at every *cell* (a problem, a step budget, a schedule):
 
-1. learning rate on a log grid around the optimizer's centre, half a decade apart, seed 0,
-   no weight decay; while the best point is at an edge of the grid, the grid grows by one
-   point on that side (up to ``max_extensions`` points in all), so a badly placed centre
-   costs runs, not the result;
-2. weight decay (networks only; for the matrix problems it would change the objective): the
-   best learning rate again with each per-step shrink ηλ in ``decays``;
-3. the best (lr, decay), by final loss, on seeds 1 … seeds−1.
+1. **Coordinate descent** (seed 0) from a starting setting, over the axes peak learning rate
+   (a log grid, neighbours a factor ``lr_factor`` apart, unbounded), weight decay λ (the
+   protocol's grid; networks only: on the matrix problems it would change the objective) and
+   the optimizer's momentum coefficient β (its own grid, :attr:`OptimizerSpec.betas`). Along
+   each axis in turn: evaluate both neighbours of the current best; if one is better, keep
+   stepping that way while the loss keeps falling. Passes repeat until one changes nothing,
+   or the budget of distinct runs (the same for every optimizer) is spent.
+2. **Seeds**: the chosen setting again on seeds 1 … seeds − 1.
 
-Selection is by final loss (the metric at the end of the budget, not at an early checkpoint),
-as in Wen et al., "Fantastic Pretraining Optimizers and Where to Find Them" (arXiv 2509.02046).
+Later cells of a study start from an earlier cell's choice and re-tune the learning rate only
+(Wen et al.'s phase II: at larger scales only the sensitive hyperparameters are re-tuned). The
+chosen value is *interior* on an axis when both its neighbours were run and were no better; a
+value at the end of a finite grid (other than λ = 0) or with an unexplored neighbour (budget
+spent) is flagged, and the report marks it †.
+
+Selection is by final loss (the metric at the end of the budget, after the schedule's decay).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from polarkernels.optim import split_params
 
 from .optimizers import OPTIMIZERS, OptimizerSpec, Setting
-from .problems import MatrixProblem, Problem
+from .problems import Budget, MatrixProblem, Problem
 from .runner import run
+from .schedules import LRSchedule
 from .store import RunStore, run_key
+
+AXES = ("lr", "weight_decay", "beta")
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """Sweep sizes for one mode; the step budget comes from ``problem.budgets[mode]``."""
+class Tuning:
+    """The grids and budgets of the coordinate descent, the same for every optimizer."""
 
-    mode: str
-    lr_offsets: tuple[int, ...]        # grid points: centre × 10^(k/2)
-    max_extensions: int
-    decays: tuple[float, ...]          # per-step shrink ηλ tried at the best lr (networks)
+    lr_factor: float
+    weight_decays: tuple[float, ...]
+    #: distinct seed-0 runs per optimizer for a full descent (all axes)
+    runs: int
+    #: distinct seed-0 runs per optimizer when only the learning rate is re-tuned
+    retune_runs: int
     seeds: int
 
 
-PROTOCOLS = {
-    "full": Protocol("full", (-2, -1, 0, 1, 2), 2, (1e-3,), 3),
-    "quick": Protocol("quick", (-1, 0, 1), 1, (), 2),
-    "test": Protocol("test", (0, 1), 1, (1e-3,), 2),
-}
+@dataclass(frozen=True)
+class Cell:
+    """A problem at one step budget and schedule: where optimizers are tuned and compared."""
+
+    problem: Problem
+    budget: Budget
+    schedule: LRSchedule
+
+    @property
+    def key(self) -> str:
+        s = self.schedule
+        return f"{self.problem.name}|{self.budget.steps}|{s.kind}/{s.warmup:g}/{s.decay:g}/{s.shape}/{s.floor:g}"
+
+
+def family(problem: Problem) -> str:
+    """The key of the optimizers' starting learning rates (model sizes of one problem share it)."""
+    return getattr(problem, "family", problem.name)
 
 
 def final_loss(record: dict[str, Any]) -> float:
@@ -54,67 +78,140 @@ def final_loss(record: dict[str, Any]) -> float:
     return math.inf if loss is None or record["diverged"] else loss
 
 
-def lr_at(center: float, k: int) -> float:
-    """centre × 10^(k/2), rounded to 3 significant digits so grids of reruns match exactly."""
-    return float(f"{center * 10 ** (k / 2):.3g}")
+def lr_at(center: float, factor: float, k: int) -> float:
+    """centre × factor^k to 3 significant digits (the same grid in every rerun)."""
+    return float(f"{center * factor ** k:.3g}")
+
+
+@dataclass
+class Descent:
+    """The outcome of one coordinate descent."""
+
+    chosen: Setting
+    tried: dict[Setting, float]
+    flags: list[str]
+
+
+Move = Callable[[Setting, int], "Setting | None"]
+
+
+def coordinate_descent(loss_of: Callable[[Setting], float], start: Setting, moves: dict[str, Move],
+                       budget: int, natural_bounds: Iterable[tuple[str, int]] = ()) -> Descent:
+    """Minimise ``loss_of`` by coordinate descent from ``start`` with at most ``budget`` distinct
+    evaluations (step 1 of the module docstring). ``moves[axis](s, ±1)`` is the neighbour of
+    ``s`` on that axis (None past the end of a finite grid); ``natural_bounds`` lists the
+    (axis, direction) grid ends that are not flagged (λ = 0)."""
+    tried: dict[Setting, float] = {}
+
+    def f(s: Setting) -> float | None:
+        if s not in tried:
+            if len(tried) >= budget:
+                return None
+            tried[s] = loss_of(s)
+        return tried[s]
+
+    best = start
+    f(best)
+    changed = True
+    while changed:
+        changed = False
+        for axis, move in moves.items():
+            better = []
+            for d in (-1, 1):
+                s = move(best, d)
+                if s is not None and (loss := f(s)) is not None and loss < tried[best]:
+                    better.append((loss, d, s))
+            if not better:
+                continue
+            _, d, cur = min(better, key=lambda b: b[0])
+            while (nxt := move(cur, d)) is not None and (loss := f(nxt)) is not None and loss < tried[cur]:
+                cur = nxt
+            best, changed = cur, True
+    natural = set(natural_bounds)
+    flags = []
+    for axis, move in moves.items():
+        for d in (-1, 1):
+            s = move(best, d)
+            side = "below" if d < 0 else "above"
+            if s is None and (axis, d) not in natural:
+                flags.append(f"{axis} at the {'lower' if d < 0 else 'upper'} end of its grid")
+            elif s is not None and s not in tried:
+                flags.append(f"{axis} {side} not explored (budget spent)")
+    return Descent(best, tried, flags)
 
 
 class Sweep:
-    """Runs the protocol for a set of problems and optimizers, reusing recorded runs."""
+    """Runs cells of the protocol, reusing recorded runs."""
 
-    def __init__(self, store: RunStore, protocol: Protocol,
+    def __init__(self, store: RunStore, tuning: Tuning,
                  on_run: Callable[[dict[str, Any], bool], None] = lambda record, cached: None) -> None:
         self.store = store
-        self.protocol = protocol
+        self.tuning = tuning
         self.on_run = on_run
 
-    def problem(self, problem: Problem, optimizers: Iterable[str]) -> dict[str, Setting]:
-        """Tune every optimizer in ``optimizers`` on ``problem``; returns the chosen settings.
+    def cell(self, cell: Cell, optimizers: Iterable[str], starts: dict[str, Setting] | None = None,
+             adamw: Setting | None = None) -> dict[str, Setting]:
+        """Tune ``optimizers`` at ``cell``; returns the chosen settings, AdamW's included.
 
-        AdamW is always tuned, first: it is the baseline of the speedups, and the hybrids reuse
-        its setting for their non-matrix parameters.
+        AdamW comes first unless its setting is given: it is the speedups' baseline, and the
+        hybrids reuse its setting for their non-matrix parameters. An optimizer with an entry
+        in ``starts`` re-tunes its learning rate only, from there; the others get a full
+        descent from their spec's starting point.
         """
-        chosen = {"adamw": self.tune(problem, OPTIMIZERS["adamw"], None)}
-        adamw = chosen["adamw"] if _has_non_matrix(problem) else None
+        starts = starts or {}
+        chosen = {"adamw": adamw if adamw is not None else self.tune(cell, OPTIMIZERS["adamw"], None,
+                                                                      starts.get("adamw"))}
+        pinned = chosen["adamw"] if _has_non_matrix(cell.problem) else None
         for name in optimizers:
-            if name != "adamw" and OPTIMIZERS[name].applies_to(problem.name):
-                chosen[name] = self.tune(problem, OPTIMIZERS[name], adamw)
+            if name != "adamw" and OPTIMIZERS[name].applies_to(family(cell.problem)):
+                chosen[name] = self.tune(cell, OPTIMIZERS[name], pinned, starts.get(name))
         return chosen
 
-    def tune(self, problem: Problem, spec: OptimizerSpec, adamw: Setting | None) -> Setting:
-        """Steps 1–3 of the protocol for one optimizer; returns the best setting."""
-        p = self.protocol
-        center = spec.lr_center[problem.name]
-        offsets = list(p.lr_offsets)
-        results = {k: self._run(problem, spec, Setting(lr_at(center, k)), 0, adamw) for k in offsets}
-        for _ in range(p.max_extensions):
-            best = min(offsets, key=lambda k: final_loss(results[k]))
-            if best not in (offsets[0], offsets[-1]) or math.isinf(final_loss(results[best])):
-                break
-            k = offsets[0] - 1 if best == offsets[0] else offsets[-1] + 1
-            offsets = sorted([*offsets, k])
-            results[k] = self._run(problem, spec, Setting(lr_at(center, k)), 0, adamw)
-        candidates = {Setting(lr_at(center, k)): r for k, r in results.items()}
-        if not isinstance(problem, MatrixProblem):
-            lr = min(candidates, key=lambda s: final_loss(candidates[s])).lr
-            for decay in p.decays:
-                s = Setting(lr, decay)
-                candidates[s] = self._run(problem, spec, s, 0, adamw)
-        best = min(candidates, key=lambda s: final_loss(candidates[s]))
-        for seed in range(1, p.seeds):
-            self._run(problem, spec, best, seed, adamw)
-        return best
+    def tune(self, cell: Cell, spec: OptimizerSpec, adamw: Setting | None, start: Setting | None) -> Setting:
+        """Coordinate descent (full, or the learning rate from ``start``), then the seeds."""
+        t = self.tuning
+        center = spec.lr_center[family(cell.problem)]
 
-    def _run(self, problem: Problem, spec: OptimizerSpec, setting: Setting, seed: int,
+        def lr_move(s: Setting, d: int) -> Setting:
+            k = round(math.log(s.lr / center) / math.log(t.lr_factor))
+            return replace(s, lr=lr_at(center, t.lr_factor, k + d))
+
+        def grid_move(axis: str, grid: tuple[float, ...]) -> Move:
+            def move(s: Setting, d: int) -> Setting | None:
+                i = grid.index(getattr(s, axis)) + d
+                return replace(s, **{axis: grid[i]}) if 0 <= i < len(grid) else None
+            return move
+
+        moves: dict[str, Move] = {"lr": lr_move}
+        if start is None:
+            wd = min(t.weight_decays, key=lambda w: abs(w - spec.weight_decay))     # nearest on the grid
+            start = Setting(lr_at(center, t.lr_factor, 0), 0.0 if isinstance(cell.problem, MatrixProblem)
+                            else wd, spec.beta)
+            if not isinstance(cell.problem, MatrixProblem):
+                moves["weight_decay"] = grid_move("weight_decay", t.weight_decays)
+            moves["beta"] = grid_move("beta", spec.betas)
+        budget = t.runs if len(moves) > 1 else t.retune_runs
+        descent = coordinate_descent(lambda s: final_loss(self._run(cell, spec, s, 0, adamw)), start, moves,
+                                     budget, natural_bounds=[("weight_decay", -1)])
+        for seed in range(1, t.seeds):
+            self._run(cell, spec, descent.chosen, seed, adamw)
+        self.store.add_tuning(cell.key, spec.name, {
+            "chosen": descent.chosen.as_dict(), "start": start.as_dict(), "axes": list(moves),
+            "budget": budget, "runs": len(descent.tried), "flags": descent.flags,
+            "adamw": adamw.as_dict() if adamw is not None else None,
+            "tried": [[s.as_dict(), loss] for s, loss in descent.tried.items()]})
+        return descent.chosen
+
+    def _run(self, cell: Cell, spec: OptimizerSpec, setting: Setting, seed: int,
              adamw: Setting | None) -> dict[str, Any]:
-        budget = problem.budgets[self.protocol.mode]
-        aw = {"lr": adamw.lr, "decay": adamw.decay} if adamw is not None and spec.hybrid else None
-        key = run_key(problem.name, spec.name, setting.lr, setting.decay, seed, budget.steps, aw)
+        aw = adamw.as_dict() if adamw is not None and spec.hybrid else None
+        key = run_key(cell.problem.name, spec.name, setting.as_dict(), seed, cell.budget.steps,
+                      cell.schedule.as_dict(), aw)
         record = self.store.get(key)
         if record is not None:
             self.on_run(record, True)
             return record
-        record = self.store.add(run(problem, spec, setting, seed, budget, adamw))
+        record = self.store.add(run(cell.problem, spec, setting, seed, cell.budget, cell.schedule, adamw))
         self.on_run(record, False)
         return record
 

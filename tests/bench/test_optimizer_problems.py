@@ -3,26 +3,19 @@
 Matrix problems: the closed-form gradient (which the benchmark logs ‖∇f‖_* and κ₂ from) and the
 training loss's autograd gradient both match float64 autograd of the paper's definition; f* is
 right where it is known. Networks: data splits, targets and initial losses are what the
-docstrings say. Harness: a tiny sweep writes its JSON, table and plot, and resumes without
-rerunning anything. Problems are shrunk (same code, smaller shapes) to keep this file fast.
+docstrings say. Problems are shrunk (same code, smaller shapes) to keep this file fast. The
+harness is tested in ``test_optimizer_harness.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from bench.optimizers import sweep
-from bench.optimizers.__main__ import run_benchmark
 from bench.optimizers.problems import (DigitsMLP, LogisticRegression, MatrixCompletion,
                                        QuadraticRegression, StdlibCharLM, stdlib_corpus)
-from bench.optimizers.optimizers import Setting
-from bench.optimizers.report import Summary, markdown_table, summarize
-from bench.optimizers.store import RunStore
-from bench.optimizers.sweep import PROTOCOLS
 
 # float32 gradients of these small problems against float64 autograd: the products are sums of
 # ≤ 60 terms, so the error is a few float32 eps (1.2e-7) times the conditioning of the sums;
@@ -161,49 +154,3 @@ def test_stdlib_lm_data_and_model():
         assert torch.allclose(model(x)[:, :-1], model(y)[:, :-1], atol=1e-6)
     loss = prob.train_loss(model, torch.Generator().manual_seed(0))
     assert loss.shape == () and torch.isfinite(loss)
-
-
-def test_harness_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
-    problems = [QuadraticRegression(m=20, n=6, p=40, q=15), MatrixCompletion(m=30, n=20, rank=2),
-                DigitsMLP(width=16)]
-    optimizers = ["adamw", "sgd", "muon_torch", "polargrad_pe_pf", "polarsgd_qdwh"]
-    protocol = PROTOCOLS["test"]
-    tables = run_benchmark(problems, optimizers, protocol, tmp_path, progress=False)
-    saved = json.loads((tmp_path / "optimizers_test.json").read_text())
-    assert saved["meta"]["protocol"]["mode"] == "test" and set(saved["meta"]["problems"]) == {
-        p.name for p in problems}
-    for p in problems:
-        assert (tmp_path / f"optimizers_test_{p.name}.png").stat().st_size > 0
-        names = {r["optimizer"] for r in saved["runs"] if r["problem"] == p.name}
-        expected = set(optimizers) - ({"polarsgd_qdwh"} if p.name == "digits_mlp" else set())
-        assert names == expected                 # PolarSGD is benchmarked on matrix problems only
-        for name in names:
-            runs = [r for r in saved["runs"] if r["problem"] == p.name and r["optimizer"] == name]
-            assert {r["seed"] for r in runs} == set(range(protocol.seeds))
-            assert all(r["curve"]["step"][0] == 0 for r in runs)
-        assert all(label in tables[p.name] for label in ("AdamW", "torch.optim.Muon"))
-    digits_runs = [r for r in saved["runs"] if r["problem"] == "digits_mlp"]
-    assert any(r["decay"] > 0 for r in digits_runs)          # weight decay swept on a network
-    assert all(r["adamw"] is not None for r in digits_runs if r["optimizer"] == "muon_torch")
-    assert "grad_cond/X" in saved["runs"][0]["curve"]
-    summary = summarize(RunStore(tmp_path / "optimizers_test.json", {}), "quadratic",
-                        problems[0].budgets["test"].steps)
-    assert summary["adamw"].speedup == 1.0                   # the baseline reaches its own final loss
-    capsys.readouterr()
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a recorded run was run again")
-
-    monkeypatch.setattr(sweep, "run", no_training)
-    assert run_benchmark(problems, optimizers, protocol, tmp_path, progress=False) == tables
-    assert len(json.loads((tmp_path / "optimizers_test.json").read_text())["runs"]) == len(saved["runs"])
-
-
-def test_table_marks_a_best_lr_at_the_grid_edge():
-    sweep_points = [(1e-3, 0.0, 3.0), (3e-3, 0.0, 2.0), (1e-2, 0.0, 1.0)]
-    edge = Summary("sgd", Setting(1e-2), [1.0, 1.1], {"step": [0], "loss": [1.0]}, sweep_points)
-    inner = Summary("adamw", Setting(3e-3), [2.0, 2.1], {"step": [0], "loss": [2.0]}, sweep_points)
-    assert edge.at_grid_edge and not inner.at_grid_edge
-    table = markdown_table("t", "loss", {"adamw": inner, "sgd": edge})
-    assert "| 0.01 † |" in table and "| 0.003 |" in table and "† best at the edge" in table
-    assert "†" not in markdown_table("t", "loss", {"adamw": inner})

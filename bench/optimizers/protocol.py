@@ -1,0 +1,181 @@
+"""The benchmark's protocols (full, quick, test) and the order their studies run in.
+
+A protocol runs up to four studies (``--stages``), each a set of cells tuned by
+:class:`bench.optimizers.sweep.Sweep`:
+
+- ``scaling``: the byte-level transformer at every model size × data/model ratio, AdamW, Muon
+  and PolarGrad under the decaying schedule. The first cell (smallest size, smallest ratio)
+  gets the full coordinate descent; every later cell starts from the previous ratio's choice
+  (the smaller size's at the same ratio, for the first ratio of a larger size) and re-tunes the
+  learning rate (phase II of Wen et al.).
+- ``ablation``: Muon and polar-first PolarGrad with four polar factors (5-step Polar Express
+  bf16, Muon's quintic, cubic Newton–Schulz, exact SVD) at one scaling cell, each re-tuning the
+  learning rate from the main variant's choice there.
+- ``schedule``: AdamW, Muon and PolarGrad at one scaling cell under WSD instead of cosine,
+  learning rate re-tuned from the cosine choice.
+- ``problems``: single-budget problems of :data:`bench.optimizers.problems.PROBLEMS` (each at
+  its own ``budgets[mode]``), full descent, every optimizer that has a starting point for it.
+
+Order: scaling at the smallest size, the ablation, the larger sizes, the schedule check, the
+problems, so that an interrupted run has answered the most questions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+
+from .optimizers import ABLATION, Setting
+from .problems import PROBLEMS, Budget, Problem, StdlibCharLM
+from .scaling import ModelSize, counted_params, steps_for_ratio
+from .schedules import SCHEDULES
+from .sweep import Cell, Sweep, Tuning
+
+STAGES = ("scaling", "ablation", "schedule", "problems")
+MAIN = ("adamw", "muon", "polargrad")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything a mode fixes; recorded in the results JSON."""
+
+    mode: str
+    tuning: Tuning
+    sizes: tuple[ModelSize, ...]
+    #: data/model ratios of the scaling study, tokens per counted parameter
+    tokens_per_param: tuple[float, ...]
+    context: int
+    batch: int
+    evals: int
+    schedule: str = "cosine"
+    #: (size tag, index into tokens_per_param) of the ablation and of the schedule check
+    ablation_cell: tuple[str, int] = ("s", 1)
+    schedule_cell: tuple[str, int] = ("s", 1)
+    schedule_check: str = "wsd"
+    #: the ablation's polar factors (keys of :data:`bench.optimizers.optimizers.ABLATION`)
+    ablation: tuple[str, ...] = tuple(ABLATION)
+    #: single-budget problems (those not registered in PROBLEMS are skipped)
+    problems: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "tuning": self.tuning.__dict__, "sizes": [s.__dict__ for s in self.sizes],
+                "tokens_per_param": self.tokens_per_param, "context": self.context, "batch": self.batch,
+                "evals": self.evals, "schedule": SCHEDULES[self.schedule].as_dict(),
+                "ablation_cell": self.ablation_cell, "ablation": self.ablation, "schedule_cell": self.schedule_cell,
+                "schedule_check": SCHEDULES[self.schedule_check].as_dict(), "problems": self.problems}
+
+
+_TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3), runs=10, retune_runs=3, seeds=3),
+           "quick": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1, 0.3), runs=5, retune_runs=2, seeds=2),
+           "test": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1), runs=2, retune_runs=1, seeds=2)}
+
+PROTOCOLS = {
+    "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 96, 2, 3)),
+                     (2.5, 5.0, 10.0), context=64, batch=16, evals=20,
+                     problems=("stdlib_moe", "stiefel_trace", "stiefel_procrustes", "stiefel_mlp")),
+    "quick": Protocol("quick", _TUNING["quick"], (ModelSize("s", 32, 1, 2), ModelSize("m", 48, 1, 2)),
+                      (1.0, 2.0, 4.0), context=32, batch=8, evals=8, problems=("digits_mlp",)),
+    "test": Protocol("test", _TUNING["test"], (ModelSize("s", 16, 1, 2), ModelSize("m", 24, 1, 2)),
+                     (0.02, 0.04), context=8, batch=2, evals=2, ablation_cell=("s", 0), schedule_cell=("s", 0),
+                     ablation=("pe_bf16", "svd"), problems=("quadratic",)),
+}
+
+
+@cache
+def lm_problem(size: ModelSize, context: int, batch: int) -> StdlibCharLM:
+    """The byte-level transformer at ``size`` (named ``stdlib_lm_<tag>``; family ``stdlib_lm``)."""
+    problem = StdlibCharLM(width=size.width, layers=size.layers, heads=size.heads, context=context, batch=batch)
+    problem.name = f"stdlib_lm_{size.tag}"
+    problem.family = "stdlib_lm"
+    problem.title = (f"Byte-level transformer LM ({size.layers} layer{'s' * (size.layers > 1)}, width {size.width}, "
+                     f"{counted_params(problem.build(0)) / 1e3:.0f}k parameters) on the stdlib sources")
+    return problem
+
+
+@dataclass(frozen=True)
+class ScalingCell:
+    size: ModelSize
+    tokens_per_param: float
+    cell: Cell
+
+
+def scaling_cells(p: Protocol) -> list[ScalingCell]:
+    """Every (size, ratio) cell of the scaling study, sizes in order, ratios ascending."""
+    out = []
+    schedule = SCHEDULES[p.schedule]
+    for size in p.sizes:
+        problem = lm_problem(size, p.context, p.batch)
+        for r in p.tokens_per_param:
+            steps = steps_for_ratio(counted_params(problem.build(0)), r, p.context * p.batch)
+            out.append(ScalingCell(size, r, Cell(problem, Budget(steps, p.evals), schedule)))
+    return out
+
+
+def _at(p: Protocol, where: tuple[str, int]) -> ScalingCell:
+    tag, i = where
+    return next(c for c in scaling_cells(p) if c.size.tag == tag and c.tokens_per_param == p.tokens_per_param[i])
+
+
+def ablation_cell(p: Protocol) -> ScalingCell:
+    return _at(p, p.ablation_cell)
+
+
+def schedule_cell(p: Protocol) -> Cell:
+    base = _at(p, p.schedule_cell).cell
+    return Cell(base.problem, base.budget, SCHEDULES[p.schedule_check])
+
+
+def single_problems(p: Protocol) -> list[Problem]:
+    return [PROBLEMS[name]() for name in p.problems if name in PROBLEMS]
+
+
+def problem_optimizers(problem: Problem) -> tuple[str, ...]:
+    """The optimizers a single-budget problem is benchmarked with: its own ``optimizers``
+    attribute if it names some (e.g. manifold optimizers), else AdamW, SGD, Muon, PolarGrad."""
+    return tuple(getattr(problem, "optimizers", ("adamw", "sgd", *MAIN[1:])))
+
+
+def single_cell(p: Protocol, problem: Problem) -> Cell:
+    return Cell(problem, problem.budgets[p.mode], SCHEDULES[p.schedule])
+
+
+def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
+                 optimizers: Iterable[str] | None = None,
+                 announce: Callable[[str], None] = lambda title: None) -> None:
+    """Run ``stages`` of ``p`` in the module docstring's order (``optimizers`` restricts the
+    single-budget problems' optimizers; the studies have fixed sets)."""
+    stages = set(stages)
+    cells = scaling_cells(p)
+    chosen: dict[tuple[str, float], dict[str, Setting]] = {}
+
+    def scaling(sizes: list[ModelSize]) -> None:
+        for c in cells:
+            if c.size not in sizes:
+                continue
+            i, j = p.sizes.index(c.size), p.tokens_per_param.index(c.tokens_per_param)
+            start = (chosen[c.size.tag, p.tokens_per_param[j - 1]] if j > 0
+                     else chosen[p.sizes[i - 1].tag, c.tokens_per_param] if i > 0 else None)
+            announce(f"scaling {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param, {c.cell.budget.steps} steps")
+            chosen[c.size.tag, c.tokens_per_param] = sweep.cell(c.cell, MAIN, start)
+
+    if stages & {"scaling", "ablation", "schedule"}:
+        scaling([p.sizes[0]])
+    if "ablation" in stages:
+        a = ablation_cell(p).cell
+        base = chosen[ablation_cell(p).size.tag, ablation_cell(p).tokens_per_param]
+        announce(f"ablation {a.problem.name}, {a.budget.steps} steps")
+        starts = {f"{opt}_{key}": base[opt] for opt in ("muon", "polargrad") for key in p.ablation}
+        sweep.cell(a, starts, starts, adamw=base["adamw"])
+    if "scaling" in stages:
+        scaling(list(p.sizes[1:]))
+    if "schedule" in stages:
+        c = schedule_cell(p)
+        at = _at(p, p.schedule_cell)
+        base = chosen[at.size.tag, at.tokens_per_param]
+        announce(f"schedule check {c.problem.name}, {c.schedule.label}")
+        sweep.cell(c, MAIN, base)
+    if "problems" in stages:
+        for problem in single_problems(p):
+            announce(f"problem {problem.name}")
+            sweep.cell(single_cell(p, problem), optimizers or problem_optimizers(problem))
