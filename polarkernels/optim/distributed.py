@@ -1,17 +1,51 @@
-"""The polar factor of parameters that live on several ranks (torch.distributed).
+"""The polar factors of parameters that live on several ranks (torch.distributed).
 
-Two layouts, both ending with every rank holding its part of U = polar(X) for every matrix:
+A polar factor needs the whole matrix, everything else in a step is elementwise and stays on
+each rank's local tensor (:func:`local`). So a step hands :func:`polar_factors` one
+:class:`PolarJob` per parameter: this rank's part of X (the momentum, or the gradient), and
+gets back this rank's part of whatever the optimizer's ``polar`` function computes from the
+whole X (U, and ν = ⟨X, U⟩ for PolarGrad), with the optimizer's matrix view applied to the
+whole parameter, so an expert stack is orthogonalized expert by expert wherever it is cut.
 
-- **replicated** (DDP, or a replicated DTensor): every rank holds the same full X. Each rank
-  orthogonalizes a share (round-robin over same-shape buckets, rotating so small buckets
-  spread too) and the results are all-gathered, bucket by bucket.
-- **sharded** (FSDP2 / DTensor ``Shard(d)`` on a 1-D mesh): each rank holds a slice of X. Each
-  matrix has an owner rank (round-robin); the owner gathers the full X, orthogonalizes all its
-  matrices in one ``orthogonalize_many`` call and scatters the slices of U back.
+**Layouts** (:func:`layout_of`):
 
-Elementwise work (momentum, weight decay, the update) stays on local tensors
-(:func:`local`); only the polar factor, which needs the whole matrix, communicates. The result
-equals the single-process one: the same matrices go through the same ``orthogonalize`` call.
+- ``local``: a plain tensor without a process group (one process), or a DTensor whose mesh
+  has one rank.
+- ``replicated``: every rank of the group holds the whole X: DDP (plain tensors, pass
+  ``process_group``) or a DTensor with only ``Replicate()`` placements.
+- ``sharded``: a DTensor with ``Shard(d)`` on some mesh dimensions: FSDP2 (1-D mesh),
+  tensor parallel (``Shard(0)``/``Shard(1)``, on one or more mesh dimensions), HSDP
+  (``(Replicate(), Shard(0))`` on a replicate × shard mesh). The group is the sub-mesh of
+  the sharded dimensions through this rank; its ranks hold disjoint boxes that tile X. Mesh
+  dimensions with ``Replicate()`` (HSDP's replicas) each do the same work on their own copy:
+  no traffic crosses them (they are usually the slow links between nodes).
+
+**Algorithm.** Per group, one owner per job for the whole step, across all param groups:
+:func:`~polarkernels.optim.owners.assign_owners` balances the polar FLOPs (greedy longest
+processing time; the old per-group round-robin left the busiest of 16 ranks with 4.8× the mean
+work). Jobs are then cut, in order, into buckets of at most :data:`BUCKET_BYTES` of whole X,
+and each bucket costs
+
+- replicated: one ``all_gather`` (owners compute from their own copy, everyone gathers all
+  results; per-rank payloads padded to the largest);
+- sharded: two ``all_to_all_single``: every rank sends its box of X to each job's owner, the
+  owner assembles the whole X, runs ``polar`` on all its jobs at once (one batched call per
+  shape), and sends every rank its box of each result ("duplicated" semantics for tensor
+  parallel: the polar factor of the whole matrix, never of a shard).
+
+X travels in the job's work dtype (the dtype the polar factor is computed in, or the
+parameter's if narrower), results in the dtype ``polar`` returns them; payloads of several
+dtypes share one byte buffer per collective. Since ``polar`` sees the same whole matrices as
+in one process, the distributed step equals the single-process step bitwise on CPU (the tests
+check it on gloo); only batch sizes differ, and batched kernels that round differently by batch
+size would break that (on CPU they do not).
+
+**Memory.** Beyond its own parameter pieces, a rank holds, for one bucket at a time: the
+whole X of the jobs it owns in the bucket, their results, and send/receive buffers of the same
+sizes: about 3× the bytes of the matrices it owns in the bucket (in the work dtype) plus 2× its
+own pieces of the bucket. The bucket cap bounds this by ~3 × :data:`BUCKET_BYTES` even when
+one rank owns a whole bucket; balanced owners keep it near 3 × (cap / ranks + largest job).
+Replicated buckets also receive every result of the bucket (the all-gather), as DDP must.
 """
 
 from __future__ import annotations
@@ -23,18 +57,29 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
+
+from .owners import assign_owners
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
+    from torch.distributed.device_mesh import DeviceMesh
 
 try:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # torch built without distributed support: no DTensor can exist
     DTensor = ()  # isinstance(t, ()) is always False
 
-Orthogonalize = Callable[[list[Tensor]], list[Tensor]]
+#: Bytes of whole X (in the work dtype) per bucket of collectives; bounds the owners' memory.
+BUCKET_BYTES = 256 * 2 ** 20
+
+#: ``polar(indices, xs)``: for whole tensors ``xs`` (of jobs ``indices``), one tuple of result
+#: tensors per job. Each result is 0-d or has the parameter's dims, each of size 1 or full.
+Polar = Callable[[Sequence[int], list[Tensor]], list[tuple[Tensor, ...]]]
+
+Box = tuple[tuple[int, int], ...]            # (start, length) per tensor dim
+
+_ALIGN = 8                                   # bytes: every payload starts float64-aligned
 
 
 def local(t: Tensor) -> Tensor:
@@ -43,179 +88,258 @@ def local(t: Tensor) -> Tensor:
 
 
 def mesh_group(t: Tensor) -> ProcessGroup | None:
-    """The process group of a DTensor's 1-D mesh, or ``None`` for a plain tensor."""
-    if not isinstance(t, DTensor):
-        return None
-    _check_one_dim_mesh(t)
-    return t.device_mesh.get_group()
-
-
-@dataclass(frozen=True)
-class Sharding:
-    """How a matrix view (rows, cols) is split across ``group``: torch.chunk slices of ``dim``."""
-
-    group: ProcessGroup
-    dim: int
-    size: int
-
-    def chunk(self) -> int:
-        """Length of every slice but possibly the last ones (torch.chunk/DTensor semantics)."""
-        return math.ceil(self.size / dist.get_world_size(self.group))
-
-    def local_size(self, rank: int) -> int:
-        """Length of rank ``rank``'s slice (0 for ranks past the end)."""
-        c = self.chunk()
-        return max(0, min(c, self.size - rank * c))
+    """A process group of all the ranks of a DTensor's mesh, or ``None`` for a plain tensor."""
+    return _flat_group(t.device_mesh, range(t.device_mesh.ndim)) if isinstance(t, DTensor) else None
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a parameter's matrix lives: ``local``; ``replicated`` over ``group``; ``sharded``."""
+    """Where a parameter lives: ``local``, ``replicated`` or ``sharded`` over ``group``.
+
+    For ``sharded``, ``boxes[k]`` is the box of the parameter that rank k of ``group`` holds.
+    """
 
     kind: str
     group: ProcessGroup | None = None
-    sharding: Sharding | None = None
+    boxes: tuple[Box, ...] = ()
+
+
+LOCAL = Layout("local")
 
 
 def layout_of(p: Tensor, process_group: ProcessGroup | None) -> Layout:
-    """The layout of parameter ``p`` viewed as the matrix (p.shape[0], prod(p.shape[1:])).
+    """The layout of parameter ``p`` (see the module docstring).
 
     Plain tensors are ``local``, or ``replicated`` over ``process_group`` when one is given
-    (DDP: every rank holds the same all-reduced gradient). DTensors must sit on a 1-D mesh with
-    ``Replicate()`` or ``Shard(d)``, where d is 0 or, for 2-D parameters, 1.
+    (DDP: every rank holds the same all-reduced gradient). DTensor placements must be
+    ``Replicate()`` or ``Shard(d)``, each tensor dim sharded on at most one mesh dim; ``Partial``,
+    nested shards of one dim and the strided shards of FSDP2 over TP raise ``NotImplementedError``.
     """
     if not isinstance(p, DTensor):
         if process_group is None or dist.get_world_size(process_group) == 1:
-            return Layout("local")
+            return LOCAL
         return Layout("replicated", process_group)
-    _check_one_dim_mesh(p)
-    group = p.device_mesh.get_group()
-    (placement,) = p.placements
-    if placement.is_replicate():
+    mesh, placements = p.device_mesh, tuple(p.placements)
+    for pl in placements:
+        if type(pl) not in (Replicate, Shard):
+            raise NotImplementedError(f"DTensor placement {pl} is not supported; expected Replicate() or Shard(d) "
+                                      f"(reduce Partial gradients before the step)")
+    sharded = [j for j, pl in enumerate(placements) if isinstance(pl, Shard)]
+    dims = [placements[j].dim % p.ndim for j in sharded]
+    if len(set(dims)) < len(dims):
+        raise NotImplementedError(f"placements {placements} shard one tensor dim on several mesh dims; "
+                                  f"shard each tensor dim on at most one mesh dim")
+    group = _flat_group(mesh, sharded or range(mesh.ndim))
+    if dist.get_world_size(group) == 1:
+        return LOCAL
+    if not sharded:
         return Layout("replicated", group)
-    if placement.is_shard():
-        d = placement.dim % p.ndim
-        if d != 0 and not (p.ndim == 2 and d == 1):
-            raise NotImplementedError(f"a {p.ndim}-D parameter sharded on dim {d} cannot be viewed as a "
-                                      f"row- or column-sharded matrix; shard it on dim 0 (as FSDP2 does)")
-        rows, cols = p.shape[0], math.prod(p.shape[1:])
-        return Layout("sharded", group, Sharding(group, d, rows if d == 0 else cols))
-    raise NotImplementedError(f"DTensor placement {placement} is not supported; expected Replicate() "
-                              f"or Shard(d) (reduce Partial gradients before the step)")
+    boxes = []
+    for k in range(dist.get_world_size(group)):
+        coord = (mesh.mesh == dist.get_global_rank(group, k)).nonzero()[0].tolist()
+        boxes.append(_box(p.shape, mesh.shape, coord, placements))
+    return Layout("sharded", group, tuple(boxes))
 
 
-def _check_one_dim_mesh(t: DTensor) -> None:
-    if t.device_mesh.ndim != 1:
-        raise NotImplementedError(f"DTensor parameters on a {t.device_mesh.ndim}-D device mesh are not "
-                                  f"supported (HSDP/TP); use a 1-D mesh such as FSDP2's fully_shard")
+def _flat_group(mesh: DeviceMesh, dims: Sequence[int]) -> ProcessGroup:
+    """One process group over mesh dimensions ``dims`` (through this rank)."""
+    dims = list(dims)
+    if len(dims) == 1:
+        return mesh.get_group(dims[0])
+    if len(dims) == mesh.ndim:
+        return mesh._flatten().get_group()
+    if mesh.mesh_dim_names is None:
+        raise NotImplementedError(f"parameters sharded on mesh dims {dims} of a {mesh.ndim}-D mesh need "
+                                  f"named mesh dims (init_device_mesh(..., mesh_dim_names=...))")
+    return mesh[tuple(mesh.mesh_dim_names[j] for j in dims)]._flatten().get_group()
 
 
-def orthogonalize_replicated(mats: Sequence[Tensor], orth: Orthogonalize, group: ProcessGroup) -> list[Tensor]:
-    """U for matrices every rank of ``group`` holds identically: each rank computes a share.
+def _box(shape: Sequence[int], mesh_shape: Sequence[int], coord: Sequence[int], placements: Sequence) -> Box:
+    """The box that mesh coordinate ``coord`` holds: torch.chunk slices, mesh dims in order (as DTensor)."""
+    box = [(0, n) for n in shape]
+    for size, c, pl in zip(mesh_shape, coord, placements):
+        if isinstance(pl, Shard):
+            d = pl.dim % len(shape)
+            start, length = box[d]
+            chunk = math.ceil(length / size)
+            lo = min(c * chunk, length)
+            box[d] = (start + lo, min(chunk, length - lo))
+    return tuple(box)
 
-    Same-shape matrices form buckets; matrix t of a bucket goes to rank (offset + t) mod world,
-    the offset running on across buckets. Each bucket is all-gathered as one
-    (⌈k/world⌉, m, n) tensor per rank, zero-padded where a rank owns fewer.
+
+@dataclass(frozen=True)
+class PolarJob:
+    """One parameter's polar factor.
+
+    Attributes:
+        x: this rank's part of X (the whole of it unless the layout is ``sharded``).
+        shape: the whole parameter's shape.
+        layout: from :func:`layout_of`.
+        cost: FLOPs of its polar factor (owners are balanced on it).
+        dtype: the dtype X travels and is orthogonalized in.
+        outputs: (shape, dtype) of each result ``polar`` returns for the whole X.
     """
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    buckets: dict[tuple, list[int]] = {}
-    for i, x in enumerate(mats):
-        buckets.setdefault((tuple(x.shape), x.dtype, x.device), []).append(i)
-    owner, offset = [0] * len(mats), 0
-    for idx in buckets.values():
-        for t, i in enumerate(idx):
-            owner[i] = (offset + t) % world
-        offset += len(idx)
-    mine = [i for i in range(len(mats)) if owner[i] == rank]
-    done = dict(zip(mine, orth([mats[i] for i in mine])))
 
-    out: list[Tensor | None] = [None] * len(mats)
-    pending = []
-    for idx in buckets.values():
-        per_rank = [[i for i in idx if owner[i] == r] for r in range(world)]
-        x = mats[idx[0]]
-        send = x.new_zeros((max(map(len, per_rank)), *x.shape))
-        for t, i in enumerate(per_rank[rank]):
-            send[t] = done[i]
-        recv = [torch.empty_like(send) for _ in range(world)]
-        pending.append((dist.all_gather(recv, send, group=group, async_op=True), per_rank, recv))
-    for work, per_rank, recv in pending:
-        work.wait()
-        for r, ids in enumerate(per_rank):
-            for t, i in enumerate(ids):
-                out[i] = done[i] if r == rank else recv[r][t]
+    x: Tensor
+    shape: tuple[int, ...]
+    layout: Layout
+    cost: float
+    dtype: torch.dtype
+    outputs: tuple[tuple[tuple[int, ...], torch.dtype], ...]
+
+
+def polar_factors(jobs: Sequence[PolarJob], polar: Polar, bucket_bytes: int = BUCKET_BYTES) -> list[tuple[Tensor, ...]]:
+    """This rank's part of ``polar``'s results for every job (see the module docstring).
+
+    Every rank of every group must call this with the same jobs in the same order (as every
+    rank steps the same parameters); local jobs go through one ``polar`` call here.
+    """
+    out: list[tuple[Tensor, ...] | None] = [None] * len(jobs)
+    idx = [i for i, job in enumerate(jobs) if job.layout.kind == "local"]
+    if idx:
+        for i, res in zip(idx, polar(idx, [jobs[i].x.to(jobs[i].dtype) for i in idx])):
+            out[i] = _checked(res, jobs[i])
+    by_group: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if job.layout.kind != "local":
+            by_group.setdefault(id(job.layout.group), []).append(i)
+    for idx in by_group.values():
+        group = jobs[idx[0]].layout.group
+        owners = assign_owners([jobs[i].cost for i in idx], dist.get_world_size(group)).owners
+        owner = dict(zip(idx, owners))
+        for kind, run in (("replicated", _replicated_bucket), ("sharded", _sharded_bucket)):
+            for bucket in _buckets([i for i in idx if jobs[i].layout.kind == kind], jobs, bucket_bytes):
+                run(bucket, jobs, owner, polar, group, out)
     return out  # type: ignore[return-value]
 
 
-def orthogonalize_sharded(mats: Sequence[Tensor], shardings: Sequence[Sharding],
-                          orth: Orthogonalize) -> list[Tensor]:
-    """U's local slices for matrices split across ranks: gather on the owner, scatter back.
+def _buckets(idx: list[int], jobs: Sequence[PolarJob], cap: int) -> list[list[int]]:
+    """``idx`` cut in order into runs of at most ``cap`` bytes of whole X (at least one job each)."""
+    buckets: list[list[int]] = []
+    size = 0
+    for i in idx:
+        nbytes = math.prod(jobs[i].shape) * jobs[i].dtype.itemsize
+        if not buckets or size + nbytes > cap:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(i)
+        size += nbytes
+    return buckets
 
-    ``mats[i]`` is this rank's slice of matrix i (sliced as ``shardings[i]`` says). Owners go
-    round-robin per process group; every rank issues the same collectives in the same order.
-    """
-    owners, counters = [], {}
-    for sh in shardings:
-        n = counters.get(id(sh.group), 0)
-        counters[id(sh.group)] = n + 1
-        owners.append(n % dist.get_world_size(sh.group))
 
-    gathers = []
-    for x, sh, owner in zip(mats, shardings, owners):
-        rank, world = dist.get_rank(sh.group), dist.get_world_size(sh.group)
-        if x.shape[sh.dim] != sh.local_size(rank):
-            raise RuntimeError(f"local shard of length {x.shape[sh.dim]} on dim {sh.dim} does not follow "
-                               f"torch.chunk sharding of {sh.size} over {world} ranks")
-        padded = _pad_to(x, sh.dim, sh.chunk()).contiguous()
-        bufs = [torch.empty_like(padded) for _ in range(world)] if rank == owner else None
-        work = dist.gather(padded, bufs, dst=dist.get_global_rank(sh.group, owner), group=sh.group,
-                           async_op=True)
-        gathers.append((work, bufs))
-    full: dict[int, Tensor] = {}
-    for i, ((work, bufs), sh) in enumerate(zip(gathers, shardings)):
-        work.wait()
-        if bufs is not None:
-            full[i] = torch.cat(bufs, dim=sh.dim).narrow(sh.dim, 0, sh.size)
-    factors = dict(zip(full, orth(list(full.values()))))
+def _replicated_bucket(bucket: list[int], jobs: Sequence[PolarJob], owner: dict[int, int], polar: Polar,
+                       group: ProcessGroup, out: list) -> None:
+    """Owners compute from their own copy; one all-gather of every owner's results."""
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    mine = [i for i in bucket if owner[i] == me]
+    results = [_checked(res, jobs[i]) for i, res in zip(mine, polar(mine, [jobs[i].x.to(jobs[i].dtype) for i in mine]))]
+    specs = [[spec for i in bucket if owner[i] == r for spec in jobs[i].outputs] for r in range(world)]
+    width = max(sum(_nbytes(s, d) for s, d in sp) for sp in specs)
+    device = jobs[bucket[0]].x.device
+    send = torch.zeros(width, dtype=torch.uint8, device=device)
+    packed = _pack([t for res in results for t in res], device)
+    send[:packed.numel()] = packed
+    recv = [torch.empty_like(send) for _ in range(world)]
+    dist.all_gather(recv, send, group=group)
+    for r in range(world):
+        tensors = iter(_unpack(recv[r], specs[r]) if r != me else [t for res in results for t in res])
+        for i in bucket:
+            if owner[i] == r:
+                out[i] = tuple(next(tensors) for _ in jobs[i].outputs)
 
-    scatters = []
-    for i, (x, sh, owner) in enumerate(zip(mats, shardings, owners)):
-        chunk, world = sh.chunk(), dist.get_world_size(sh.group)
-        recv = torch.empty_like(_pad_to(x, sh.dim, chunk)).contiguous()
-        send = None
-        if i in factors:
-            send = [s.contiguous() for s in _pad_to(factors[i], sh.dim, chunk * world).split(chunk, sh.dim)]
-        work = dist.scatter(recv, send, src=dist.get_global_rank(sh.group, owner), group=sh.group,
-                            async_op=True)
-        scatters.append((work, recv))
-    out = []
-    for (work, recv), x, sh in zip(scatters, mats, shardings):
-        work.wait()
-        out.append(recv.narrow(sh.dim, 0, x.shape[sh.dim]))
+
+def _sharded_bucket(bucket: list[int], jobs: Sequence[PolarJob], owner: dict[int, int], polar: Polar,
+                    group: ProcessGroup, out: list) -> None:
+    """Boxes of X to the owners, whole-X results computed there, boxes of the results back."""
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    device = jobs[bucket[0]].x.device
+    for i in bucket:
+        box = jobs[i].layout.boxes[me]
+        if tuple(jobs[i].x.shape) != tuple(n for _, n in box):
+            raise RuntimeError(f"local shard of shape {tuple(jobs[i].x.shape)} of a {tuple(jobs[i].shape)} "
+                               f"parameter does not follow DTensor's torch.chunk sharding (expected {box})")
+    mine = [i for i in bucket if owner[i] == me]
+    to_owner = [[jobs[i].x.to(jobs[i].dtype) for i in bucket if owner[i] == r] for r in range(world)]
+    from_ranks = _all_to_all(to_owner, [[(_box_shape(jobs[i].layout.boxes[r]), jobs[i].dtype) for i in mine]
+                                        for r in range(world)], group, device)
+    fulls = []
+    for t, i in enumerate(mine):
+        full = torch.empty(jobs[i].shape, dtype=jobs[i].dtype, device=device)
+        for r in range(world):
+            full[_slices(jobs[i].layout.boxes[r])] = from_ranks[r][t]
+        fulls.append(full)
+    results = [_checked(res, jobs[i]) for i, res in zip(mine, polar(mine, fulls))] if mine else []
+    to_ranks = [[_piece(t, jobs[i].shape, jobs[i].layout.boxes[r]) for i, res in zip(mine, results) for t in res]
+                for r in range(world)]
+    specs = [[(_piece_shape(s, jobs[i].shape, jobs[i].layout.boxes[me]), d) for i in bucket if owner[i] == r
+              for s, d in jobs[i].outputs] for r in range(world)]
+    from_owners = [iter(ts) for ts in _all_to_all(to_ranks, specs, group, device)]
+    for i in bucket:
+        out[i] = tuple(next(from_owners[owner[i]]) for _ in jobs[i].outputs)
+
+
+def _all_to_all(send: list[list[Tensor]], recv_specs: list[list[tuple[tuple[int, ...], torch.dtype]]],
+                group: ProcessGroup, device: torch.device) -> list[list[Tensor]]:
+    """``send[r]`` to rank r; tensors of ``recv_specs[r]`` from rank r; one byte buffer each way."""
+    packed = [_pack(ts, device) for ts in send]
+    recv_sizes = [sum(_nbytes(s, d) for s, d in specs) for specs in recv_specs]
+    recv = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=device)
+    dist.all_to_all_single(recv, torch.cat(packed), recv_sizes, [p.numel() for p in packed], group=group)
+    return [_unpack(chunk, specs) for chunk, specs in zip(recv.split(recv_sizes), recv_specs)]
+
+
+def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+    return -(-math.prod(shape) * dtype.itemsize // _ALIGN) * _ALIGN
+
+
+def _pack(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+    """Tensors of any dtypes as one uint8 buffer, each padded to :data:`_ALIGN` bytes."""
+    parts = []
+    for t in tensors:
+        raw = t.contiguous().reshape(-1).view(torch.uint8)
+        parts += [raw, raw.new_zeros(_nbytes(t.shape, t.dtype) - raw.numel())]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8, device=device)
+
+
+def _unpack(buf: Tensor, specs: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor]:
+    """Inverse of :func:`_pack` for tensors of ``specs`` (views of ``buf``)."""
+    out, offset = [], 0
+    for shape, dtype in specs:
+        n = math.prod(shape) * dtype.itemsize
+        out.append(buf[offset:offset + n].view(dtype).reshape(shape))
+        offset += _nbytes(shape, dtype)
     return out
 
 
-def _pad_to(x: Tensor, dim: int, length: int) -> Tensor:
-    """x zero-padded at the end of ``dim`` (0 or 1 of a matrix) to ``length``."""
-    extra = length - x.shape[dim]
-    if extra == 0:
-        return x
-    return F.pad(x, (0, extra) if dim == 1 else (0, 0, 0, extra))
+def _box_shape(box: Box) -> tuple[int, ...]:
+    return tuple(n for _, n in box)
 
 
-def sum_over_groups(values: Sequence[Tensor], groups: Sequence[ProcessGroup | None]) -> list[Tensor]:
-    """Each 0-d ``values[i]`` summed over ``groups[i]`` (kept as is where the group is None).
+def _slices(box: Box) -> tuple[slice, ...]:
+    return tuple(slice(s, s + n) for s, n in box)
 
-    Used for ν = ⟨X, U⟩ of sharded matrices: each rank holds the partial sum of its slice.
-    """
-    out = list(values)
-    by_group: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        if g is not None:
-            by_group.setdefault(id(g), []).append(i)
-    for idx in by_group.values():
-        stacked = torch.stack([values[i] for i in idx])
-        dist.all_reduce(stacked, group=groups[idx[0]])
-        for t, i in enumerate(idx):
-            out[i] = stacked[t]
-    return out
+
+def _piece_shape(shape: Sequence[int], full: Sequence[int], box: Box) -> tuple[int, ...]:
+    """Shape of a result's part in ``box``: dims of size 1 broadcast and stay whole."""
+    if len(shape) == 0:
+        return ()
+    return tuple(1 if s == 1 and f != 1 else n for s, f, (_, n) in zip(shape, full, box))
+
+
+def _piece(t: Tensor, full: Sequence[int], box: Box) -> Tensor:
+    """The part of result ``t`` (0-d, or with dims 1 or full) that ``box`` of the parameter needs."""
+    if t.ndim == 0:
+        return t
+    return t[tuple(slice(None) if s == 1 and f != 1 else slice(b, b + n)
+                   for s, f, (b, n) in zip(t.shape, full, box))]
+
+
+def _checked(results: tuple[Tensor, ...], job: PolarJob) -> tuple[Tensor, ...]:
+    """``polar``'s results for ``job``, checked against the declared shapes and dtypes."""
+    got = tuple((tuple(t.shape), t.dtype) for t in results)
+    if got != tuple((tuple(s), d) for s, d in job.outputs):
+        raise RuntimeError(f"polar returned {got} for a {job.shape} parameter, declared {job.outputs}")
+    for s in got:
+        if s[0] and (len(s[0]) != len(job.shape) or any(a not in (1, b) for a, b in zip(s[0], job.shape))):
+            raise RuntimeError(f"a result of shape {s[0]} does not broadcast dim by dim to {job.shape}")
+    return results

@@ -2,7 +2,8 @@
 
 The class also carries the machinery :class:`~polarkernels.optim.Muon` reuses: an AdamW group
 for non-matrix parameters in the same object, matrix views of N-d weights (:mod:`.views`), one batched
-``orthogonalize_many`` call per group, distributed polar factors, all-or-nothing steps.
+``orthogonalize_many`` call per step (all polar groups together), distributed polar factors
+(:mod:`.distributed`), all-or-nothing steps.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from torch.optim.optimizer import ParamsT
 
 from .. import api
 from .adamw import adamw_update, init_adamw_state
-from .distributed import (DTensor, Layout, layout_of, local, orthogonalize_replicated,
-                          orthogonalize_sharded, sum_over_groups)
+from .distributed import DTensor, PolarJob, layout_of, local, polar_factors
 from .grad_checks import NONFINITE, NonFiniteGradientError, all_finite, check_grad_kinds, nonfinite_message
+from .owners import polar_flops
 from .param_groups import (ADAMW, POLAR, POLAR_KEYS, build_groups, check_group_keys,
                            check_hyperparameters, keys_for)
 from .views import MatrixView
@@ -101,8 +102,10 @@ class PolarGrad(Optimizer):
             holds NaN/inf, or "skip" to skip such steps (counted in ``skipped_steps``); either way
             no parameter or state is touched.
         process_group: for DDP (every rank holds the same gradients, and steps the same
-            parameters): share the polar factors out among this group's ranks, all-gather them. DTensor (FSDP2) parameters are
-            handled whatever this is: the owner rank gathers each matrix and scatters U back.
+            parameters): share the polar factors out among this group's ranks, all-gather them.
+            DTensor parameters (FSDP2, HSDP, tensor parallel) are handled whatever this is: each
+            whole matrix is gathered on its owner rank and U's pieces are sent back
+            (:mod:`polarkernels.optim.distributed`).
 
     Sparse gradients and complex parameters raise. Checkpoint with ``state_dict()`` /
     ``load_state_dict()`` as usual: resuming reproduces the uninterrupted run bitwise.
@@ -156,8 +159,11 @@ class PolarGrad(Optimizer):
                 return loss
             names = [name for _, _, _, ns in work for name in ns]
             raise NonFiniteGradientError(nonfinite_message(names, grads))
+        # All polar groups at once: one owner assignment and one set of collectives per step.
+        self._polar_step([(group, params, grads) for group, params, grads, _ in work if group["algorithm"] == POLAR])
         for group, params, grads, _ in work:
-            self._step_group(group, params, grads)
+            if group["algorithm"] != POLAR:
+                self._step_group(group, params, grads)
         return loss
 
     def _check_group(self, group: dict, index: int) -> None:
@@ -169,7 +175,7 @@ class PolarGrad(Optimizer):
         if group["algorithm"] == ADAMW:
             self._adamw_step(group, params, grads)
         else:
-            self._polar_step(group, params, grads)
+            self._polar_step([(group, params, grads)])
 
     def _collect(self) -> list[tuple[dict, list[Tensor], list[Tensor], list[str]]]:
         """(group, params with grad, grads, names) per group, after every check that can fail."""
@@ -202,79 +208,114 @@ class PolarGrad(Optimizer):
                          state["step"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                          weight_decay=group["weight_decay"])
 
-    def _polar_step(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
-        beta, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
-        nesterov, polar_first = group["nesterov"], group["polar_first"]
-        view = MatrixView.from_spec(group["view"])
-        bufs, xs, layouts, shapes, counts = [], [], [], [], []
-        for p, g in zip(params, grads):
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf, g = local(state["momentum_buffer"]), local(g)
-            if polar_first:
-                x = g
-            else:
-                buf.lerp_(g, 1 - beta)                             # M ← βM + (1−β)G
-                x = g.lerp(buf, beta) if nesterov else buf         # (1−β)G + βM
-            layout = layout_of(p, self.process_group)
-            if layout.kind == "sharded" and not view.is_default:
-                raise NotImplementedError(f"a sharded parameter of shape {tuple(p.shape)} takes the default "
-                                          f"matrix view only, not {view}")
-            mats = view.to_matrices(x)
-            bufs.append(buf)
-            xs += mats
-            layouts += [layout] * len(mats)
-            shapes += view.matrix_shapes(p.shape)                  # global (m, n), also for shards
-            counts.append(len(mats))
-        us = self._orthogonalize(xs, layouts, group)
-        nus = self._scales(xs, us, shapes, layouts, group["scale"])
-        start = 0
-        for p, buf, k in zip(params, bufs, counts):
-            u_mats, nu_mats = us[start:start + k], nus[start:start + k]
-            start += k
-            u = view.from_matrices(u_mats, buf.shape)
-            if polar_first:
+    def _polar_step(self, work: list[tuple[dict, list[Tensor], list[Tensor]]]) -> None:
+        """Step polar groups: X per parameter, their polar factors in one call, then the updates."""
+        entries, jobs = [], []
+        for group, params, grads in work:
+            beta, nesterov, polar_first = group["momentum"], group["nesterov"], group["polar_first"]
+            view = MatrixView.from_spec(group["view"])
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf, g = local(state["momentum_buffer"]), local(g)
+                if polar_first:
+                    x = g
+                else:
+                    buf.lerp_(g, 1 - beta)                         # M ← βM + (1−β)G
+                    x = g.lerp(buf, beta) if nesterov else buf     # (1−β)G + βM
+                entries.append((group, view, p, buf))
+                jobs.append(_polar_job(group, view, p, x, self.process_group))
+        results = polar_factors(jobs, functools.partial(_polar_of_whole, [(g, v) for g, v, _, _ in entries]))
+        for (group, view, p, buf), res in zip(entries, results):
+            beta, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
+            u = res[0].to(buf.dtype)
+            if group["polar_first"]:
                 buf.lerp_(u, 1 - beta)                             # M ← βM + (1−β)U
-                d = u.lerp(buf, beta) if nesterov else buf
+                d = u.lerp(buf, beta) if group["nesterov"] else buf
             else:
                 d = u
             w = local(p)
             w.mul_(1 - lr * wd)                                    # W ← (1 − ηλ)W
-            if k == 1 and isinstance(nu_mats[0], Tensor):
-                w.add_(d * nu_mats[0].to(d.dtype), alpha=-lr)      # W ← W − η ν D
-            elif k == 1:
-                w.add_(d, alpha=-(lr * nu_mats[0]))
-            else:                                                  # ν per matrix of the view
-                scaled = [m * (nu.to(m.dtype) if isinstance(nu, Tensor) else nu)
-                          for m, nu in zip(view.to_matrices(d), nu_mats)]
-                w.add_(view.from_matrices(scaled, buf.shape), alpha=-lr)
-
-    def _orthogonalize(self, mats: list[Tensor], layouts: list[Layout], group: dict) -> list[Tensor]:
-        """U for every matrix, batched per layout (local, replicated per group, sharded)."""
-        orth = functools.partial(api.orthogonalize_many, method=group["method"], steps=group["steps"],
-                                 dtype=group["dtype"], backend=group["backend"])
-        out: list[Tensor | None] = [None] * len(mats)
-        parts: dict[tuple, list[int]] = {}
-        for i, lay in enumerate(layouts):
-            parts.setdefault((lay.kind, id(lay.group)), []).append(i)
-        for (kind, _), idx in parts.items():
-            sub = [mats[i] for i in idx]
-            if kind == "local":
-                us = orth(sub)
-            elif kind == "replicated":
-                us = orthogonalize_replicated(sub, orth, layouts[idx[0]].group)
+            if len(res) == 2:                                      # ν per matrix of the view
+                w.add_(d * res[1].to(d.dtype), alpha=-lr)          # W ← W − η ν D
             else:
-                us = orthogonalize_sharded(sub, [layouts[i].sharding for i in idx], orth)
-            for i, u in zip(idx, us):
-                out[i] = u
-        return out  # type: ignore[return-value]
+                (m, n), = view.matrix_shapes(p.shape)
+                w.add_(d, alpha=-(lr * shape_scale(group["scale"], m, n)))
 
-    @staticmethod
-    def _scales(xs: Sequence[Tensor], us: Sequence[Tensor], shapes: Sequence[tuple[int, int]],
-                layouts: Sequence[Layout], scale: str) -> list[Tensor | float]:
-        """ν per matrix: a 0-d tensor for "nuclear" (summed over shards), else a float."""
-        if scale == "nuclear":
-            partial = [nuclear_scale(x, u) for x, u in zip(xs, us)]
-            return sum_over_groups(partial, [lay.group if lay.kind == "sharded" else None for lay in layouts])
-        return [shape_scale(scale, m, n) for m, n in shapes]
+
+def _work_dtype(group: dict, x: Tensor) -> torch.dtype:
+    """The dtype X travels and is orthogonalized in: the iteration's, or X's own if narrower."""
+    work = group["dtype"] or (torch.bfloat16 if x.is_cuda else torch.float32)   # orthogonalize's default
+    return x.dtype if x.dtype.itemsize < work.itemsize else work
+
+
+def _polar_job(group: dict, view: MatrixView, p: Tensor, x: Tensor, process_group: ProcessGroup | None) -> PolarJob:
+    """The distributed job of parameter ``p`` whose (local) X is ``x``; see :func:`_polar_of_whole`."""
+    shape = tuple(p.shape)
+    dtype = _work_dtype(group, x)
+    outputs = ((shape, dtype),)
+    if group["scale"] == "nuclear" or len(view.matrix_shapes(shape)) > 1:
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        outputs += ((_scale_shape(view, shape), wide),)
+    return PolarJob(x, shape, layout_of(p, process_group), polar_flops(view.matrix_shapes(shape), group["steps"]),
+                    dtype, outputs)
+
+
+def _polar_of_whole(settings: Sequence[tuple[dict, MatrixView]], idx: Sequence[int],
+                    xs: list[Tensor]) -> list[tuple[Tensor, ...]]:
+    """(U,) or (U, ν) for whole tensors ``xs`` of parameters ``idx`` (``settings[i]``: group, view).
+
+    Every matrix of every view goes through one ``orthogonalize_many`` call per distinct
+    (method, steps, dtype, backend). ν is spread over the parameter (:func:`_scale_field`).
+    """
+    by_key: dict[tuple, list[int]] = {}
+    for t, i in enumerate(idx):
+        group = settings[i][0]
+        by_key.setdefault((group["method"], group["steps"], group["dtype"], group["backend"]), []).append(t)
+    out: list[tuple[Tensor, ...] | None] = [None] * len(idx)
+    for (method, steps, dtype, backend), ts in by_key.items():
+        mats = [settings[idx[t]][1].to_matrices(xs[t]) for t in ts]
+        flat = api.orthogonalize_many([m for ms in mats for m in ms], method=method, steps=steps, dtype=dtype,
+                                      backend=backend)
+        start = 0
+        for t, ms in zip(ts, mats):
+            group, view = settings[idx[t]]
+            us, start = flat[start:start + len(ms)], start + len(ms)
+            u = view.from_matrices(us, xs[t].shape)
+            if group["scale"] == "nuclear":
+                nus = [nuclear_scale(x, v) for x, v in zip(ms, us)]
+            elif len(ms) > 1:
+                wide = torch.float64 if u.dtype == torch.float64 else torch.float32    # as nuclear_scale's
+                nus = [torch.tensor(shape_scale(group["scale"], m, n), dtype=wide, device=u.device)
+                       for m, n in view.matrix_shapes(u.shape)]
+            else:
+                out[t] = (u,)
+                continue
+            out[t] = (u, _scale_field(view, tuple(u.shape), nus))
+    return out  # type: ignore[return-value]
+
+
+def _scale_shape(view: MatrixView, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of :func:`_scale_field`: () for one matrix, else one value per row (or column) of each."""
+    batch, m, n = view.batch_shape(shape)
+    if batch * len(view.parts(shape)) == 1:
+        return ()
+    if view.layout == "batch":
+        return (*shape[:-2], m, 1) if view.axis == 0 else (*shape[:-2], 1, n)
+    return (shape[0],) + (1,) * (len(shape) - 1) if view.axis == 0 else (1, *shape[1:])
+
+
+def _scale_field(view: MatrixView, shape: tuple[int, ...], nus: Sequence[Tensor]) -> Tensor:
+    """The per-matrix ν of ``view`` as a tensor that broadcasts over the parameter.
+
+    A 0-d tensor for one matrix; else each row (or column, for ``axis=1``) of each matrix
+    carries its matrix's ν, so the distributed path can cut it like the parameter.
+    """
+    if len(nus) == 1:
+        return nus[0]
+    batch, _, _ = view.batch_shape(shape)
+    parts = view.parts(shape)
+    per_line = torch.stack(nus).reshape(batch, len(parts)).repeat_interleave(
+        torch.tensor(parts, device=nus[0].device), dim=1)            # (batch, rows or cols)
+    return per_line.reshape(_scale_shape(view, shape))

@@ -1,8 +1,10 @@
-"""Distributed steps equal single-process steps: DDP-style sharing, DTensor shards, FSDP2.
+"""Distributed steps equal single-process steps: DDP, FSDP2 (1-D), HSDP (2×2), tensor parallel.
 
-Each case spawns CPU processes on the gloo backend; every rank runs the distributed optimizer
-and the single-process one on the same data and compares (a failed assertion on any rank fails
-the test with that rank's traceback).
+Each world size spawns CPU processes on the gloo backend once; every rank runs the distributed
+optimizer and the single-process one on the same data and compares (a failed assertion on any
+rank fails the test with that rank's traceback). Owners compute polar factors and ν from whole
+matrices in the work dtype, exactly as one process does, so the steps agree bitwise; the one
+exception is FSDP2's own gradient averaging (see check_fsdp2).
 """
 
 from __future__ import annotations
@@ -16,20 +18,36 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from polarkernels.optim import Muon, NonFiniteGradientError, PolarGrad
+from polarkernels.optim import MatrixView, Muon, NonFiniteGradientError, PolarGrad
+from polarkernels.optim.distributed import PolarJob, layout_of, polar_factors
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with the gloo backend")
 
-OPTIMIZERS = [
-    lambda ps, **kw: PolarGrad(ps, lr=0.1, weight_decay=0.1, **kw),
-    lambda ps, **kw: PolarGrad(ps, lr=0.1, polar_first=True, nesterov=True, **kw),
-    lambda ps, **kw: Muon(ps, lr=0.1, adjust_lr_fn="match_rms_adamw", **kw),
-]
+OPTIMIZERS = {
+    "polargrad": lambda ps, **kw: PolarGrad(ps, lr=0.1, weight_decay=0.1, **kw),
+    "polargrad_polar_first": lambda ps, **kw: PolarGrad(ps, lr=0.1, polar_first=True, nesterov=True, **kw),
+    "muon_rms": lambda ps, **kw: Muon(ps, lr=0.1, adjust_lr_fn="match_rms_adamw", **kw),
+}
+
+EXPERTS = MatrixView("batch").spec()
+QKV = MatrixView(blocks=("q", "k", "v"), sizes=(5, 2, 2)).spec()
+HEADS = MatrixView(head_dim=2, axis=1).spec()
+
+# (shape, view spec or None): uneven dims (7, 5, 9, 13 on 2–4 ranks), a row fewer than the
+# ranks (empty shards), a conv kernel, an expert stack, a GQA-like fused QKV (blocks of 5, 2, 2
+# rows), an output projection cut into column heads, and an AdamW vector.
+PARAMS = [((7, 5), None), ((5, 7), None), ((1, 9), None), ((13, 6), None), ((4, 3, 2, 2), None),
+          ((3, 5, 7), EXPERTS), ((9, 6), QKV), ((5, 8), HEADS), ((7,), None)]
 
 
-def run(params, grads, make, **kwargs):
-    opt = make(params, **kwargs)
+def groups_of(params, views):
+    """One param group per parameter (like one group per layer), each with its view."""
+    return [{"params": [p], **({"algorithm": "polar", "view": v} if v else {})} for p, v in zip(params, views)]
+
+
+def run(params, views, grads, make, **kwargs):
+    opt = make(groups_of(params, views), **kwargs)
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = g
@@ -37,49 +55,82 @@ def run(params, grads, make, **kwargs):
     return opt
 
 
-def problem(shapes, steps):
+def problem(shapes, steps=3):
     gen = torch.Generator().manual_seed(51)
     w0 = [torch.randn(s, generator=gen) for s in shapes]
     return w0, [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
 
 
+def reference(w0, views, grads, make):
+    ref = [nn.Parameter(w.clone()) for w in w0]
+    run(ref, views, [[g.clone() for g in gs] for gs in grads], make)
+    return ref
+
+
 def check_ddp(world):
-    """Every rank holds all gradients; each orthogonalizes a share, all-gather completes U."""
-    shapes = [(6, 5), (6, 5), (6, 5), (5, 7), (1, 9), (4, 3, 2, 2), (7,)]
-    w0, grads = problem(shapes, steps=3)
-    for make in OPTIMIZERS:
-        ref = [nn.Parameter(w.clone()) for w in w0]
-        run(ref, [[g.clone() for g in gs] for gs in grads], make)
+    """Every rank holds all gradients; owners compute their share, one all-gather per bucket."""
+    shapes, views = zip(*PARAMS)
+    w0, grads = problem(shapes)
+    for name, make in OPTIMIZERS.items():
+        ref = reference(w0, views, grads, make)
         ddp = [nn.Parameter(w.clone()) for w in w0]
-        run(ddp, [[g.clone() for g in gs] for gs in grads], make, process_group=dist.group.WORLD)
+        run(ddp, views, [[g.clone() for g in gs] for gs in grads], make, process_group=dist.group.WORLD)
         for a, b in zip(ref, ddp):
-            # The same matrices go through the same batched CPU kernels, only in smaller batches.
-            assert torch.equal(a, b), f"DDP {tuple(a.shape)}: max |Δ| {float((a - b).abs().max()):.3e}"
+            # The same whole matrices go through the same batched CPU kernels, in other batches.
+            assert torch.equal(a, b), f"DDP {name} {tuple(a.shape)}: max |Δ| {float((a - b).abs().max()):.3e}"
 
 
-def check_dtensor(world):
-    """Sharded parameters: the owner gathers each matrix and scatters U's slices back."""
+def check_dtensor(mesh, placements_of, what):
+    """DTensor parameters with ``placements_of(shape)`` on ``mesh`` step as one process does."""
+    from torch.distributed.tensor import distribute_tensor
+
+    shapes, views = zip(*PARAMS)
+    placements = [placements_of(s) for s in shapes]
+    w0, grads = problem(shapes)
+    for name, make in OPTIMIZERS.items():
+        ref = reference(w0, views, grads, make)
+        sharded = [nn.Parameter(distribute_tensor(w.clone(), mesh, pl)) for w, pl in zip(w0, placements)]
+        run(sharded, views, [[distribute_tensor(g.clone(), mesh, pl) for g, pl in zip(gs, placements)]
+                             for gs in grads], make)
+        for a, b, pl in zip(ref, sharded, placements):
+            full = b.detach().full_tensor()
+            assert torch.equal(full, a.detach()), (f"{what} {name} {tuple(a.shape)} {pl}: max |Δ| "
+                                                   f"{float((full - a.detach()).abs().max()):.3e}")
+
+
+def check_fsdp2_1d(world):
+    """FSDP2 layout on a 1-D mesh: rows or columns sharded, one replicated matrix."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import Replicate, Shard
 
     mesh = init_device_mesh("cpu", (world,))
-    # Uneven rows, column sharding, a row fewer than the ranks (empty shards), a replicated
-    # matrix, a conv weight sharded on out-channels, an AdamW vector.
-    layout = [((7, 5), Shard(0)), ((5, 7), Shard(1)), ((1, 9), Shard(0)), ((6, 5), Replicate()),
-              ((4, 3, 2, 2), Shard(0)), ((7,), Shard(0)), ((6, 5), Shard(0))]
-    shapes, placements = [s for s, _ in layout], [pl for _, pl in layout]
-    w0, grads = problem(shapes, steps=3)
-    for make in OPTIMIZERS:
-        ref = [nn.Parameter(w.clone()) for w in w0]
-        run(ref, [[g.clone() for g in gs] for gs in grads], make)
-        sharded = [nn.Parameter(distribute_tensor(w.clone(), mesh, [pl])) for w, pl in zip(w0, placements)]
-        run(sharded, [[distribute_tensor(g.clone(), mesh, [pl]) for g, pl in zip(gs, placements)] for gs in grads],
-            make)
-        for a, b in zip(ref, sharded):
-            full = b.detach().full_tensor()
-            # ν = ⟨X, U⟩ is summed per shard, then across ranks: another float32 summation order,
-            # relative error ≲ ε₃₂·√(mn) ≈ 1e-6 on ν; the polar factors themselves are bitwise.
-            torch.testing.assert_close(full, a.detach(), rtol=1e-5, atol=1e-6, msg=f"DTensor {tuple(a.shape)}")
+    check_dtensor(mesh, lambda s: [Replicate() if s == (13, 6) else Shard(1 if s == (5, 7) else 0)], "FSDP2")
+
+
+def check_tensor_parallel(world):
+    """TP: column- and row-parallel weights (Shard(0), Shard(1)) on the whole world as one mesh."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard
+
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
+    check_dtensor(mesh, lambda s: [Shard(len(s) - 1 if len(s) % 2 else 0)], "TP")
+
+
+def check_hsdp_and_2d_tp(world):
+    """2×2 meshes: HSDP (Replicate(), Shard(0)); TP × FSDP both sharded; HSDP × TP (2×1×2)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    check_dtensor(mesh, lambda s: [Replicate(), Shard(0)], "HSDP")
+    check_dtensor(mesh, lambda s: [Shard(0), Shard(len(s) - 1)], "2-D TP")
+    mesh3 = init_device_mesh("cpu", (2, 1, 2), mesh_dim_names=("replicate", "shard", "tp"))
+    check_dtensor(mesh3, lambda s: [Replicate(), Shard(0), Shard(len(s) - 1)], "HSDP × TP")
+    # Replicas do the same work on their own copies: the HSDP group is the shard dim only.
+    from torch.distributed.tensor import distribute_tensor
+    lay = layout_of(distribute_tensor(torch.zeros(5, 3), mesh, [Replicate(), Shard(0)]), None)
+    assert dist.get_process_group_ranks(lay.group) == dist.get_process_group_ranks(mesh.get_group(1))
+    assert lay.boxes == (((0, 3), (0, 3)), ((3, 2), (0, 3)))
 
 
 def check_fsdp2(world):
@@ -100,9 +151,63 @@ def check_fsdp2(world):
             nn.functional.mse_loss(m(x), y).backward()     # same batch on every rank
             opt.step()
     for (name, a), b in zip(ref.named_parameters(), sharded.parameters()):
-        # FSDP2 averages the identical per-rank gradients (exact for 2 ranks, one rounding for
-        # 3), and ν is summed over shards as above: float32 rounding, a few ulps of the weights.
+        # FSDP2 averages the identical per-rank gradients with a reduce-scatter (exact for 2 and
+        # 4 ranks, one float32 rounding for 3): a few ulps of the weights.
         torch.testing.assert_close(b.detach().full_tensor(), a.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def check_buckets_and_dtypes(world):
+    """polar_factors itself: many small buckets, mixed dtypes, results of several shapes."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    gen = torch.Generator().manual_seed(54)
+    shapes = [(7, 5), (1, 9), (6, 4, 3), (5, 6), (2, 3)]
+    dtypes = [torch.float32, torch.bfloat16, torch.float64, torch.float16, torch.float32]
+    whole = [torch.randn(s, generator=gen).to(d) for s, d in zip(shapes, dtypes)]
+
+    def polar(idx, xs):
+        # Stand-ins for (U, ν per row, ν): whole-tensor functions a shard alone cannot compute.
+        return [(x * x.double().sum().to(x.dtype), x.double().sum(dim=-1, keepdim=True), x.double().sum())
+                for i, x in zip(idx, xs)]
+
+    def jobs_of(tensors, layouts):
+        return [PolarJob(t._local_tensor if hasattr(t, "_local_tensor") else t, tuple(w.shape), lay,
+                         float(w.numel()), w.dtype,
+                         ((tuple(w.shape), w.dtype), ((*w.shape[:-1], 1), torch.float64), ((), torch.float64)))
+                for t, w, lay in zip(tensors, whole, layouts)]
+
+    expected = polar(range(len(whole)), whole)
+    for cap in (0, 100, 1 << 20):                          # one job per bucket … one bucket
+        shards = [distribute_tensor(w, mesh, [Shard(0)]) for w in whole]
+        got = polar_factors(jobs_of(shards, [layout_of(s, None) for s in shards]), polar, bucket_bytes=cap)
+        for res, exp, lay, w in zip(got, expected, [layout_of(s, None) for s in shards], whole):
+            r0, n0 = lay.boxes[dist.get_rank()][0]           # rows; the other dims are whole
+            assert torch.equal(res[0], exp[0][r0:r0 + n0]) and res[0].dtype == w.dtype
+            assert torch.equal(res[1], exp[1][r0:r0 + n0]) and torch.equal(res[2], exp[2])
+        got = polar_factors(jobs_of(whole, [layout_of(w, dist.group.WORLD) for w in whole]), polar, bucket_bytes=cap)
+        assert all(torch.equal(a, b) for res, exp in zip(got, expected) for a, b in zip(res, exp))
+
+
+def check_errors(world):
+    """Partial placements, nested shards of one dim and shards off torch.chunk raise clear errors."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    partial = DTensor.from_local(torch.ones(4, 3), mesh, [Partial()])
+    with pytest.raises(NotImplementedError, match="Partial"):
+        layout_of(partial, None)
+    mesh2 = init_device_mesh("cpu", (2, world // 2))
+    nested = DTensor.from_local(torch.ones(1, 3), mesh2, [Shard(0), Shard(0)], shape=(world, 3), stride=(3, 1))
+    with pytest.raises(NotImplementedError, match="several mesh dims"):
+        layout_of(nested, None)
+    lay = layout_of(DTensor.from_local(torch.ones(2, 3), mesh, [Shard(0)], shape=(2 * world, 3),
+                                       stride=(3, 1)), None)
+    bad = PolarJob(torch.ones(1, 3), (2 * world, 3), lay, 1.0, torch.float32, (((2 * world, 3), torch.float32),))
+    with pytest.raises(RuntimeError, match="torch.chunk"):
+        polar_factors([bad], lambda idx, xs: [(x,) for x in xs])
 
 
 def check_nonfinite_on_one_shard(world):
@@ -126,20 +231,22 @@ def check_nonfinite_on_one_shard(world):
         assert torch.equal(w.detach().full_tensor(), torch.ones(world * 2, 3))
 
 
-CHECKS = [check_ddp, check_dtensor, check_fsdp2, check_nonfinite_on_one_shard]
+CHECKS = {3: [check_ddp, check_fsdp2_1d, check_tensor_parallel, check_fsdp2, check_buckets_and_dtypes,
+              check_nonfinite_on_one_shard],
+          4: [check_ddp, check_fsdp2_1d, check_hsdp_and_2d_tp, check_fsdp2, check_buckets_and_dtypes, check_errors]}
 
 
 def worker(rank, world, init_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        for check in CHECKS:
+        for check in CHECKS[world]:
             check(world)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", sorted(CHECKS))
 def test_distributed_equals_single_process(world, tmp_path, monkeypatch):
     # The spawned children unpickle `worker` by importing this module by name, with the
     # parent's sys.path: make sure this file's directory is on it whatever pytest's import mode.
