@@ -7,8 +7,9 @@
   reason when it cannot), ``=0`` skips it. Build it against the installed torch with
   ``POLARKERNELS_BUILD_CUDA=1 pip install --no-build-isolation .``; a plain ``pip install .``
   (isolated build, no torch inside) installs the pure-Python package and never fails for want of
-  CUDA. ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default here: 8.0 and 9.0; the
-  kernels need sm_80 or newer).
+  CUDA. ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default here: "8.0;9.0+PTX", SASS
+  for sm_80 and sm_90 plus compute_90 PTX that the driver compiles for newer GPUs; the kernels
+  need sm_80 or newer).
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def _cuda_missing() -> str | None:
     return None
 
 
+def arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST for the build: the user's, else sm_80 and sm_90 SASS plus compute_90
+    PTX (nvcc ``-gencode arch=compute_90,code=compute_90``), so the extension also loads on GPUs
+    newer than sm_90 (the driver compiles the PTX at first use)."""
+    return os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0+PTX"
+
+
 def _extension_kwargs() -> dict:
     build, reason = cuda_build_decision()
     if not build:
@@ -77,10 +85,11 @@ def _extension_kwargs() -> dict:
         return {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list()
     ext = CUDAExtension(
         "polarkernels._C",
         sources=["csrc/ext.cpp", "csrc/launch.cu"],
+        depends=[str(p) for p in sorted(CSRC.glob("*.cu*"))],
         include_dirs=[str(CSRC)],
         extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
     )

@@ -5,14 +5,14 @@
 #include <stdexcept>
 #include <string>
 
-const char* pk_launch(const char* name, unsigned grid, unsigned block, unsigned smem,
+const char* pk_launch(const char* name, int device, unsigned grid, unsigned block, unsigned smem,
                       unsigned long long stream, unsigned long long params);
 
 namespace {
 
-void launch(const std::string& name, unsigned grid, unsigned block, unsigned smem,
+void launch(const std::string& name, int device, unsigned grid, unsigned block, unsigned smem,
             unsigned long long stream, unsigned long long params) {
-  if (const char* err = pk_launch(name.c_str(), grid, block, smem, stream, params))
+  if (const char* err = pk_launch(name.c_str(), device, grid, block, smem, stream, params))
     throw std::runtime_error("polarkernels._C.launch(" + name + "): " + err);
 }
 
@@ -20,5 +20,5 @@ void launch(const std::string& name, unsigned grid, unsigned block, unsigned sme
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "polarkernels CUDA kernels (csrc/), launched by name with a device parameter block";
-  m.def("launch", &launch, "launch(name, grid, block, smem, stream, params)");
+  m.def("launch", &launch, "launch(name, device, grid, block, smem, stream, params)");
 }

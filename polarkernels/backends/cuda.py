@@ -10,7 +10,8 @@ Either way the kernels run on torch's current stream and read torch's memory in 
 pointers; nothing is copied). Every kernel takes one argument, a parameter block in device
 memory; this module builds the blocks with NumPy structured dtypes that mirror the C structs
 (``GemmParams``, ``FusedParams``, ... in ``csrc/*.cu``), uploads all the blocks of a call in one
-copy, and launches.
+asynchronous copy from pinned memory, and launches: no call on this path waits for the GPU, so
+the launches can be captured in a CUDA graph (``torch.cuda.graph``; see the README).
 
 Entry points:
 
@@ -47,7 +48,7 @@ _THREADS = 256  # every kernel runs 256-thread blocks
 
 # Tile sizes and shared memory of csrc/grouped_gemm.cu (mma_tile::BM, simt_tile::BM, SMEM_BYTES).
 _GEMM_TILE = {torch.bfloat16: 128, torch.float16: 128, torch.float32: 64}
-_GEMM_SMEM_BYTES = {torch.bfloat16: 66048, torch.float16: 66048, torch.float32: 0}
+_GEMM_SMEM_BYTES = {torch.bfloat16: 67072, torch.float16: 67072, torch.float32: 0}
 _CHUNK = 4096  # copy_tile::CHUNK in csrc/group_copy.cu
 _COPY_TILE = 32  # copy_tile::TILE
 _FUSED_MAX_STEPS = 32  # PK_FUSED_MAX_STEPS in csrc/fused_polar.cu
@@ -95,7 +96,7 @@ class _ExtensionLoader:
 
     def launch(self, kernel: str, grid: int, smem: int, params: int, device: torch.device) -> None:
         stream = torch.cuda.current_stream(device).cuda_stream
-        self._c.launch(kernel, grid, _THREADS, smem, stream, params)
+        self._c.launch(kernel, _device_index(device), grid, _THREADS, smem, stream, params)
 
 
 class _CupyLoader:
@@ -107,6 +108,7 @@ class _CupyLoader:
         self._cp = cupy
         self._modules: dict[int, object] = {}
         self._functions: dict[tuple[int, str], object] = {}
+        self._smem: dict[tuple[int, str], int] = {}  # dynamic shared memory granted so far
 
     def _function(self, kernel: str, index: int, smem: int):
         fn = self._functions.get((index, kernel))
@@ -122,13 +124,14 @@ class _CupyLoader:
                 self._modules[index] = module
             fn = module.get_function(kernel)
             self._functions[(index, kernel)] = fn
-        if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
+        if smem > 48 * 1024 and self._smem.get((index, kernel), 0) < smem:  # one driver call per size
             fn.max_dynamic_shared_size_bytes = smem
+            self._smem[(index, kernel)] = smem
         return fn
 
     def launch(self, kernel: str, grid: int, smem: int, params: int, device: torch.device) -> None:
         cp = self._cp
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        index = _device_index(device)
         with cp.cuda.Device(index):
             fn = self._function(kernel, index, smem)
             with cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, index):
@@ -206,11 +209,38 @@ class _Launches:
         if not self._items:
             return
         loader = _loader()
-        host = torch.frombuffer(bytearray(b"".join(self._blobs)), dtype=torch.uint8)
-        params = host.to(self.device)  # freed after the launches: the allocator orders reuse on this stream
+        params = _upload(b"".join(self._blobs), self.device)
         base = params.data_ptr()
         for kernel, grid, smem, offset in self._items:
             loader.launch(kernel, grid, smem, base + offset, self.device)
+
+
+#: Parameter blocks uploaded while a CUDA graph was being captured: the graph's copy node reads
+#: the pinned host bytes and writes the device block again on every replay, so both live as long
+#: as the process (one pair per captured call; capture once per shape).
+_CAPTURED: list[tuple[Tensor, Tensor]] = []
+
+
+def _upload(blob: bytes, device: torch.device) -> Tensor:
+    """The parameter blocks on ``device``, copied without blocking the host.
+
+    The bytes go to page-locked host memory from torch's caching host allocator, which records
+    the copy on the current stream and hands that block out again only after the copy has run;
+    the device buffer is freed to the caching allocator after the launches, which orders its
+    reuse on the same stream. (A ``.to(device)`` from pageable memory synchronises the stream:
+    three host round trips per polar step, and no CUDA-graph capture.)
+    """
+    host = torch.empty(len(blob), dtype=torch.uint8, pin_memory=True)
+    host.numpy()[:] = np.frombuffer(blob, np.uint8)
+    params = torch.empty(len(blob), dtype=torch.uint8, device=device)
+    params.copy_(host, non_blocking=True)
+    if params.is_cuda and torch.cuda.is_current_stream_capturing():
+        _CAPTURED.append((host, params))
+    return params
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _header(dtype: np.dtype, **fields) -> np.ndarray:
@@ -380,7 +410,7 @@ def orthogonalize_group(mats: Sequence[Tensor], coeffs: Sequence[tuple[float, fl
     if not (norm_safety > 0 and math.isfinite(norm_safety)):
         raise ValueError(f"norm_safety must be positive and finite, got {norm_safety}")
     dtype, device = mats[0].dtype, mats[0].device
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(device)
 
     outs = [torch.empty(a.shape, dtype=dtype, device=device) for a in mats]
     fused, stepped = [], []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from matrices import rel_err
 from polarkernels.backends import cuda, get_ops, torch_ref
@@ -39,6 +40,9 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH; the C
 # ---------------------------------------------------------------- no GPU needed
 
 ARCHS = ["sm_80", "sm_90"]
+#: nvcc's -gencode flags for TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX" (setup.py's default)
+SETUP_GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+                 "-gencode", "arch=compute_90,code=compute_90"]
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 DTYPE_IDS = ["bf16", "f16", "f32"]
 LAYOUT_STRUCTS = ["GemmParams", "GemmDesc", "FusedParams", "FusedDesc", "SumsqParams", "SumsqDesc", "CopyParams",
@@ -66,15 +70,21 @@ def nvcc_runs(tmp_path_factory):
     jobs = {}
     for src in CU_FILES:
         for arch in ARCHS:
-            # Kernel files are device-only (what NVRTC compiles): a cubin; launch.cu has host code too.
-            mode = ["-c", "-Xcompiler", "-Wall,-Wextra,-Werror"] if src == "launch.cu" else ["-cubin"]
-            jobs[src, arch] = [NVCC, *mode, f"-arch={arch}", *strict, str(CSRC / src), "-o", str(out / f"{src}.{arch}")]
+            # Kernel files are device-only (what NVRTC compiles): a cubin per architecture.
+            if src != "launch.cu":
+                jobs[src, arch] = [NVCC, "-cubin", f"-arch={arch}", *strict, str(CSRC / src), "-o",
+                                   str(out / f"{src}.{arch}")]
+    # launch.cu (host code too) as setup.py builds the extension: SASS for sm_80 and sm_90 plus
+    # compute_90 PTX, which the driver compiles for any newer GPU; one nvcc run checks every arch
+    jobs["launch.cu", "all"] = [NVCC, "-c", "-Xcompiler", "-Wall,-Wextra,-Werror", *strict, *SETUP_GENCODE,
+                                str(CSRC / "launch.cu"), "-o", str(out / "launch.o")]
     (out / "layout.cu").write_text(_layout_program())
     jobs["layout"] = [NVCC, "-std=c++17", "-gencode", "arch=compute_90,code=compute_90", f"-I{CSRC}",
                       str(out / "layout.cu"), "-o", str(out / "layout")]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {key: pool.submit(subprocess.run, cmd, capture_output=True, text=True) for key, cmd in jobs.items()}
     runs = {key: (jobs[key], f.result()) for key, f in futures.items()}
+    runs.update({("launch.cu", arch): runs["launch.cu", "all"] for arch in ARCHS})
     runs["layout_exe"] = out / "layout"
     return runs
 
@@ -92,6 +102,19 @@ def test_kernel_sources_are_nvrtc_compatible():
     for name in KERNEL_FILES:
         includes = re.findall(r'^\s*#\s*include\s*([<"][^>"]+[>"])', (CSRC / name).read_text(), re.M)
         assert set(includes) <= {'"common.cuh"'}, f"{name} includes {includes}"
+
+
+def test_setup_builds_ptx_by_default(setup_module_ns, monkeypatch):
+    """Without TORCH_CUDA_ARCH_LIST, setup.py asks torch for sm_80 and sm_90 SASS plus compute_90
+    PTX, exactly the -gencode flags the launch.cu compile check above uses."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", setup_module_ns["arch_list"]())
+    flags = _get_cuda_arch_flags()
+    assert sorted(flags) == sorted(f"-gencode={v}" for v in SETUP_GENCODE[1::2])
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    assert setup_module_ns["arch_list"]() == "9.0"  # an explicit list is the user's
 
 
 @needs_nvcc
@@ -153,6 +176,130 @@ def test_bad_loader_choice_is_named(monkeypatch):
 def test_cpu_tensors_are_refused(call):
     with pytest.raises(ValueError, match="must be a CUDA tensor"):
         call()
+
+
+# ---------------------------------------------------------------- the launch path, on the CPU
+
+GXX = shutil.which("g++")
+needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ is not on PATH")
+
+
+@needs_gxx
+def test_extension_launcher_guards_device_caches_attribute_and_leaves_errors(tmp_path):
+    """csrc/launcher.cuh against a recording stand-in for the CUDA runtime (tests/backends/cuda_stub)."""
+    stub = Path(__file__).parent / "cuda_stub"
+    exe = tmp_path / "scenarios"
+    build = subprocess.run([GXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{stub}", f"-I{CSRC}",
+                            str(stub / "launcher_scenarios.cpp"), "-o", str(exe)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+    results = [line.removeprefix("result ") for line in lines if line.startswith("result ")]
+    calls = [line.removeprefix("call ") for line in lines if line.startswith("call ")]
+    assert results[:4] == ["ok"] * 4
+    assert results[4].startswith("cudaLaunchKernel: cudaErrorInvalidConfiguration"), results[4]
+    assert results[5] == "no kernel named nope"
+    # an error pending before our launches is left for torch; our own failed launch is cleared
+    assert [line for line in lines if line.startswith("pending")] == ["pending 700", "pending 0"]
+    assert calls.count("cudaGetLastError") == 1
+    # every launch runs on the tensor's device, and the caller's device comes back
+    assert all(c.startswith("cudaLaunchKernel device=1") or c.startswith("cudaLaunchKernel device=0")
+               for c in calls if c.startswith("cudaLaunchKernel"))
+    assert [c.split()[1] for c in calls if c.startswith("cudaLaunchKernel")] == ["device=1", "device=1", "device=0",
+                                                                                 "device=1", "device=1"]
+    assert "current 0" in lines
+    # the shared-memory attribute once per kernel and device, not per launch
+    assert [c for c in calls if c.startswith("cudaFuncSetAttribute")] == [
+        "cudaFuncSetAttribute device=1 smem=67072", "cudaFuncSetAttribute device=0 smem=67072"]
+
+
+class _RecordOps(TorchDispatchMode):
+    """Records every aten call; serves pinned-memory requests with ordinary memory on a CPU-only torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.calls.append((str(func), args, kwargs))
+        if func is torch.ops.aten.empty.memory_format and kwargs.get("pin_memory"):
+            kwargs = dict(kwargs, pin_memory=False)
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def recorded_launches(monkeypatch):
+    """cuda.py's whole host path on CPU tensors: every check and block built for real, the
+    launches recorded instead of run."""
+    launched = []
+
+    class Loader:
+        name = "recorder"
+
+        def launch(self, kernel, grid, smem, params, device):
+            launched.append(kernel)
+
+    monkeypatch.setattr(cuda, "_check_cuda", lambda x, what: None)
+    monkeypatch.setattr(cuda, "_loader", lambda: Loader())
+    monkeypatch.setattr(cuda, "available", lambda: (True, ""))
+    monkeypatch.setattr(cuda, "_smem_optin", lambda index: 232448)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return launched
+
+
+def test_orthogonalize_cuda_path_never_waits_for_the_device(recorded_launches):
+    """polarkernels.orthogonalize(backend="cuda") issues no host synchronisation: no .item() or
+    other scalar read-back, and the parameter blocks go up from pinned memory with
+    non_blocking=True (a .to(device) from pageable memory blocks the host: a sync per launch
+    group, and no CUDA-graph capture)."""
+    import polarkernels
+
+    g = torch.randn(3, 40, 70).to(torch.bfloat16)
+    with _RecordOps() as ops:
+        polarkernels.orthogonalize(g, backend="cuda", dtype=torch.bfloat16)
+        cuda.orthogonalize_group([torch.randn(300, 200).bfloat16()], PE5.coeffs, PE5.norm_safety)
+    names = [name for name, _, _ in ops.calls]
+    assert "aten._local_scalar_dense.default" not in names, "a scalar was read back to the host"
+    pinned = [kw for name, _, kw in ops.calls if name == "aten.empty.memory_format" and kw.get("pin_memory")]
+    copies = [args for name, args, _ in ops.calls if name == "aten.copy_.default"]
+    assert len(pinned) == 2, "the parameter blocks of each call are staged in pinned host memory"
+    assert len(copies) == 2 and all(len(args) > 2 and args[2] is True for args in copies), \
+        "the upload must be non_blocking"
+    assert "pk_fused_polar_bf16" in recorded_launches and "pk_gemm_nn_bf16" in recorded_launches
+
+
+def _staging_wavefronts(ld: int) -> dict[str, int]:
+    """Worst shared-memory wavefronts per warp access of grouped_gemm.cu's epilogue staging tile
+    (4-byte words, 32 banks; one wavefront is conflict-free), from the kernel's index formulas:
+    the fragment stores ``tile[r * C_LD + c]`` (r = wm + 16 mi + lane/4 (+8), c = wn + 8 ni +
+    2 (lane % 4) (+1)) and gemm_store_tile's reads ``tile[r * C_LD + cc + t]`` and, mirrored,
+    ``tile[(cc + t) * C_LD + r]`` (r = thread / 16, cc = 8 (thread % 16))."""
+    def wavefronts(words):
+        banks: dict[int, set[int]] = {}
+        for w in words:
+            banks.setdefault(w % 32, set()).add(w)
+        return max(len(v) for v in banks.values())
+
+    store = max(wavefronts([(wm + 16 * mi + lane // 4 + dr) * ld + wn + 8 * ni + 2 * (lane % 4) + dc
+                            for lane in range(32)])
+                for wm in (0, 64) for wn in (0, 32, 64, 96) for mi in range(4) for ni in range(4)
+                for dr in (0, 8) for dc in (0, 1))
+    reads = {}
+    for mirrored in (False, True):
+        reads[mirrored] = max(wavefronts([((8 * (t % 16) + k) * ld + t // 16) if mirrored else
+                                          (t // 16) * ld + 8 * (t % 16) + k for t in range(32 * w, 32 * w + 32)])
+                              for w in range(8) for k in range(8))
+    return {"store": store, "read": reads[False], "mirrored read": reads[True]}
+
+
+def test_epilogue_staging_tile_padding_limits_bank_conflicts():
+    text = (CSRC / "grouped_gemm.cu").read_text()
+    bn = int(re.search(r"constexpr int BM = \d+, BN = (\d+)", text).group(1))
+    ld = bn + int(re.search(r"constexpr int C_LD = BN \+ (\d+);", text).group(1))
+    # 4-byte stores of the m16n8 accumulator layout cannot beat 2-way (8 rows × 4 even column
+    # pairs share 32 banks); C_LD = BN + 1 gave 4-way. The reads are 4-way by their thread map
+    # (16 lanes per row, 8 words apart) whatever the padding, and must not get worse.
+    assert _staging_wavefronts(ld) == {"store": 2, "read": 4, "mirrored read": 4}
 
 
 @pytest.fixture(scope="module")
@@ -275,8 +422,6 @@ def _check_group(shapes, dtype, name, coeffs, safety, path, device):
 # Python launcher: CI without a GPU still checks every kernel against torch. Slow (a block is
 # 256 OS threads), so the shapes are small; they still cover odd sizes, misaligned rows (the
 # element-wise loads), aligned rows (the 16-byte path), batches, both orientations and zero input.
-
-GXX = shutil.which("g++")
 
 
 def _emulator_source() -> str:
