@@ -14,7 +14,10 @@ from .muon import Muon
 from .param_groups import split_params
 from .polargrad import PolarGrad
 from .qk_clip import max_attention_logits, qk_clip_
+from .stiefel import StiefelMuon, on_stiefel, project_to_stiefel_, stiefel_error
+from .stiefel_direction import StiefelDirection, stiefel_direction
 from .views import MatrixView, view_for
 
 __all__ = ["PolarGrad", "Muon", "split_params", "MatrixView", "view_for", "EquilibriumMonitor", "GroupStats",
-           "NonFiniteGradientError", "qk_clip_", "max_attention_logits"]
+           "NonFiniteGradientError", "qk_clip_", "max_attention_logits", "StiefelMuon", "project_to_stiefel_",
+           "on_stiefel", "stiefel_error", "stiefel_direction", "StiefelDirection"]
