@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import backends, iterate, polar_backward, schedules
-from .arrays import SUPPORTED_DTYPES, from_tensor, to_tensor
+from .arrays import COMPLEX_DTYPES, SUPPORTED_DTYPES, from_tensor, to_tensor
 from .gram_newton_schulz import gram_iterate
 from .qdwh import qdwh
 from .svd import svd_polar, svd_polar_decomposition
@@ -37,12 +37,14 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
     """Polar decomposition ``a = u @ h`` (side="right") or ``a = h @ u`` (side="left").
 
     A drop-in for :func:`scipy.linalg.polar` that also takes batches ``(..., m, n)``, tall and
-    wide matrices, and torch tensors (any device), NumPy arrays or CuPy arrays, returning the same
-    kind, device and dtype. ``u`` (m×n) has orthonormal columns (m ≥ n) or rows (m < n); ``h``
-    is symmetric positive semi-definite, n×n for side="right" and m×m for side="left".
+    wide matrices, and torch tensors (any device), NumPy arrays, CuPy arrays or nested lists,
+    real or complex, returning the same kind, device and dtype (lists come back as NumPy arrays,
+    as from scipy). ``u`` (m×n) has orthonormal columns (m ≥ n) or rows (m < n): UᴴU = I or
+    UUᴴ = I; ``h`` is Hermitian (symmetric) positive semi-definite, n×n for side="right" and m×m
+    for side="left".
 
-    The result is converged to the working precision: float64 inputs are computed in float64,
-    everything narrower in float32 and rounded once at the end.
+    The result is converged to the working precision: float64/complex128 inputs are computed in
+    that dtype, complex64 in complex64, everything narrower in float32 and rounded once at the end.
 
     Args:
         a: the matrix or batch of matrices.
@@ -107,11 +109,14 @@ def orthogonalize(g: Any, *, method: str = "polar_express", steps: int = 5,
     """The optimizer fast path: an approximate polar factor U of ``g`` with a fixed step count.
 
     Args:
-        g: matrix or batch ``(..., m, n)``; torch, NumPy or CuPy; returned as the same kind/dtype.
+        g: matrix or batch ``(..., m, n)``, real or complex; torch, NumPy, CuPy or a nested
+            list; returned as the same kind/dtype (a list as a NumPy array).
         method: "polar_express" (the published 5-step table at steps=5, the same construction
             for other counts), "muon", "newton_schulz", "qdwh" (``steps`` iterations), "svd".
         steps: number of polynomial steps (or QDWH iterations); ignored by "svd".
-        dtype: precision the iteration runs in; default bfloat16 on CUDA, float32 on CPU.
+        dtype: precision the iteration runs in; default bfloat16 on CUDA, float32 on CPU;
+            complex input runs in complex64 by default, and a real ``dtype`` names the precision
+            of its complex counterpart (float64 → complex128); there is no complex half.
             QDWH and SVD need float32 or wider and upcast half precision.
         backend: "auto" or one of :data:`polarkernels.backends.BACKENDS`.
         check_finite: raise ``ValueError`` on NaN/inf instead of propagating them.
@@ -125,15 +130,13 @@ def orthogonalize(g: Any, *, method: str = "polar_express", steps: int = 5,
     _check_matrix(x, "g")
     _check_method(method, ORTHOGONALIZE_METHODS)
     _check_steps(steps, allow_none=False)
-    if dtype is not None and dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    work_dtype = _orthogonalize_dtype(x, dtype)
     if gram and method not in schedules.ITERATIVE_METHODS:
         raise ValueError(f"gram=True applies to the polynomial methods {schedules.ITERATIVE_METHODS}, not {method!r}")
     if check_finite:
         _check_finite(x, "g")
     if x.numel() == 0:
         return from_tensor(torch.zeros_like(x), kind)
-    work_dtype = dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
     u = _orthogonalize_tensor(x.to(work_dtype), method, steps, backend, gram)
     return from_tensor(u.to(x.dtype), kind)
 
@@ -168,14 +171,16 @@ def orthogonalize_many(gs: Sequence[Any], *, method: str = "polar_express", step
 def _orthogonalize_group_cuda(gs: Sequence[Any], method: str, steps: int, dtype: torch.dtype | None,
                               check_finite: bool) -> list[Any]:
     """orthogonalize_many through the CUDA backend's one-launch-per-step grouped kernel."""
-    ops = backends.get_ops("cuda")
     _check_steps(steps, allow_none=False)
     converted = [to_tensor(g, what=f"gs[{i}]") for i, g in enumerate(gs)]
     for i, (t, _) in enumerate(converted):
+        if t.is_complex():
+            raise TypeError(f"backend 'cuda' computes in real arithmetic only; gs[{i}] is {t.dtype}")
         if t.ndim != 2:
             raise ValueError(f"backend='cuda' groups 2-D matrices; gs[{i}] has shape {tuple(t.shape)}")
         if check_finite:
             _check_finite(t, f"gs[{i}]")
+    ops = backends.get_ops("cuda")
     schedule = schedules.fixed_schedule(method, steps)
     work = [t.to(dtype or torch.bfloat16) for t, _ in converted]
     us = ops.orthogonalize_group(work, schedule.coeffs, schedule.norm_safety)
@@ -219,20 +224,38 @@ def _orthogonalize_tensor(x: Tensor, method: str, steps: int, backend: str, gram
 
 
 def _on_wide_side(x: Tensor, f) -> Tensor:
-    """f applied to x, or to xᵀ (and transposed back) when x is tall: the Gram matrix X Xᵀ is
-    then min(m, n)² instead of max(m, n)²."""
+    """f applied to x, or to xᵀ (and transposed back) when x is tall: the Gram matrix X Xᴴ is
+    then min(m, n)² instead of max(m, n)². (polar(Aᵀ) = polar(A)ᵀ for complex A too: Aᵀ = HᵀUᵀ
+    is a left polar decomposition, Hᵀ = conj(H) being Hermitian PSD.)"""
     if x.shape[-2] > x.shape[-1]:
         return f(x.mT).mT
     return f(x)
 
 
 def _hermitian_factor(u: Tensor, a: Tensor, side: str) -> Tensor:
-    """H = sym(Uᵀ A) (side="right", A = U H) or sym(A Uᵀ) (side="left", A = H U).
+    """H = herm(Uᴴ A) (side="right", A = U H) or herm(A Uᴴ) (side="left", A = H U),
+    herm(P) = (P + Pᴴ)/2.
 
-    Symmetrising is exact for the true factor and removes the rounding asymmetry of one product.
+    Taking the Hermitian part is exact for the true factor and removes the rounding asymmetry of
+    one product.
     """
-    p = u.mT @ a if side == "right" else a @ u.mT
-    return (p + p.mT) / 2
+    p = u.mH @ a if side == "right" else a @ u.mH
+    return (p + p.mH) / 2
+
+
+def _orthogonalize_dtype(x: Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype :func:`orthogonalize` iterates in (see its ``dtype`` argument)."""
+    if dtype is not None and dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    if not x.is_complex():
+        if dtype in COMPLEX_DTYPES:
+            raise TypeError(f"dtype {dtype} is complex but the input is real ({x.dtype})")
+        return dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
+    if dtype is None or dtype in COMPLEX_DTYPES:
+        return dtype or torch.complex64
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"complex input has no {dtype} counterpart; use complex64 or complex128")
+    return dtype.to_complex()
 
 
 def _check_matrix(x: Tensor, what: str) -> None:

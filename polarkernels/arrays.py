@@ -2,7 +2,8 @@
 
 NumPy arrays share memory with the torch tensor made from them (``torch.from_numpy``) and CuPy
 arrays go through DLPack, so conversion is zero-copy both ways where the dtype allows. Integer
-inputs are promoted to float64, as ``scipy.linalg.polar`` does.
+inputs are promoted to float64, as ``scipy.linalg.polar`` does. Complex matrices (complex64,
+complex128) are taken as they are; nested lists go through ``numpy.asarray``, as in scipy.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+REAL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+COMPLEX_DTYPES = (torch.complex128, torch.complex64)
+SUPPORTED_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,12 @@ def _is_cupy(x: Any) -> bool:
 def _numpy_to_tensor(arr: np.ndarray, what: str) -> Tensor:
     if arr.dtype.kind == "b":
         raise TypeError(f"{what}: bool arrays are not supported; convert to a floating dtype")
-    if arr.dtype.kind == "c":
-        raise TypeError(f"{what}: complex dtype {arr.dtype} is not supported (real matrices only)")
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
-    elif arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):
-        raise TypeError(f"{what}: dtype {arr.dtype} is not supported; use float16/32/64 or an integer dtype")
+    elif not ((arr.dtype.kind == "f" and arr.dtype.itemsize in (2, 4, 8))
+              or (arr.dtype.kind == "c" and arr.dtype.itemsize in (8, 16))):
+        raise TypeError(f"{what}: dtype {arr.dtype} is not supported; use float16/32/64, "
+                        "complex64/128 or an integer dtype")
     if any(st < 0 for st in arr.strides) or not arr.flags.writeable:
         arr = arr.copy()  # torch.from_numpy rejects negative strides and warns on read-only memory
     return torch.from_numpy(arr)
@@ -45,8 +48,8 @@ def _numpy_to_tensor(arr: np.ndarray, what: str) -> Tensor:
 def to_tensor(x: Any, *, what: str = "input") -> tuple[Tensor, Kind]:
     """The input as a floating torch tensor (no copy where possible) and its kind.
 
-    Raises ``TypeError`` for bool, complex and other unsupported dtypes and for objects that are
-    not arrays; integer inputs become float64 (scipy's promotion).
+    Raises ``TypeError`` for bool, complex32 and other unsupported dtypes and for objects that
+    are not arrays; integer inputs become float64 (scipy's promotion).
     """
     if isinstance(x, Tensor):
         t, kind = x, Kind("torch")
@@ -58,9 +61,7 @@ def to_tensor(x: Any, *, what: str = "input") -> tuple[Tensor, Kind]:
         raise TypeError(f"{what}: expected a torch.Tensor, numpy.ndarray or cupy.ndarray, got {type(x).__name__}")
     if t.dtype == torch.bool:
         raise TypeError(f"{what}: bool arrays are not supported; convert to a floating dtype")
-    if t.is_complex():
-        raise TypeError(f"{what}: complex dtype {t.dtype} is not supported (real matrices only)")
-    if not t.is_floating_point():
+    if not (t.is_floating_point() or t.is_complex()):
         t = t.to(torch.float64)
     elif t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{what}: dtype {t.dtype} is not supported; use one of "

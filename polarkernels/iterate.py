@@ -1,7 +1,8 @@
 """The one loop every odd-polynomial polar method runs (Newton–Schulz, Muon, Polar Express).
 
 Given a schedule (:mod:`polarkernels.schedules`) and a backend's three primitives
-(:mod:`polarkernels.backends.torch_ref`), on a wide X (m ≤ n):
+(:mod:`polarkernels.backends.torch_ref`), on a wide X (m ≤ n), real or complex (Xᵀ below is then
+the conjugate transpose Xᴴ; the real coefficients act on the singular values exactly as before):
 
     X₀ = A / (safety · ‖A‖_F)                                   (so σ(X₀) ≤ 1/safety ≤ 1)
     for (a, b, c) in schedule.coeffs:   S = X Xᵀ;  X ← a X + (b S + c S²) X
@@ -37,7 +38,12 @@ class IterResult(NamedTuple):
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64, float32 for everything narrower: where norms and residuals live."""
+    """float64 for float64, float32 for everything narrower: where norms and residuals live.
+
+    Complex dtypes are their own (complex64 is the narrowest complex type supported).
+    """
+    if dtype.is_complex:
+        return dtype
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

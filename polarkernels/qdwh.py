@@ -19,7 +19,8 @@ to the singular values, with weights chosen from the running lower bound ℓ so 
     a = √(1 + d) + ½ √(8 − 4d + 8(2 − ℓ²) / (ℓ² √(1 + d)))                [NBG10, §3]
     b = (a − 1)² / 4,   c = a + b − 1,   ℓ ← ℓ (a + b ℓ²) / (1 + c ℓ²)     [NBG10, §3]
 
-As ℓ → 1, (a, b, c) → (3, 1, 3): Halley's method. The map is evaluated in one of two forms:
+As ℓ → 1, (a, b, c) → (3, 1, 3): Halley's method. Complex A works the same way with ᵀ read
+as ᴴ (QR and Cholesky of complex matrices). The map is evaluated in one of two forms:
 
     QR form (c > 100):   [√c X; I] = [Q₁; Q₂] R,
                          X ← (b/c) X + (1/√c)(a − b/c) Q₁ Q₂ᵀ            [NBG10, §4]
@@ -27,7 +28,9 @@ As ℓ → 1, (a, b, c) → (3, 1, 3): Halley's method. The map is evaluated in 
                          X ← (b/c) X + (a − b/c) (X W⁻¹) W⁻ᵀ            [NH13]
 
 The Cholesky form is cheaper (no QR, one Gram product) and backward stable once κ(Z) ≤ 1 + c
-is small [NH13]; the QR form is stable for every c. From ℓ₀ ≥ 1e-16 (indeed from ℓ₀ ≥ u²)
+is small [NH13]; the QR form is stable for every c. The converged U then takes one cubic
+Newton–Schulz step U ← U(3I − UᴴU)/2, which halves its departure from orthogonality (JAX's
+``jax.lax.linalg.qdwh`` ends the same way). From ℓ₀ ≥ 1e-16 (indeed from ℓ₀ ≥ u²)
 the bound reaches 1 − 10u within 6 steps in float64 [NBG10, §3], the first two or three in
 QR form (tests/test_qdwh.py checks both).
 """
@@ -112,8 +115,8 @@ def qdwh(x: Tensor, *, tol: float | None = None, max_iter: int = 10, l0: float |
         TypeError: dtype other than float32/float64.
         ValueError: fewer than 2 dimensions, max_iter < 0, tol ≤ 0, l0 outside (0, 1].
     """
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"qdwh computes in float32 or float64, got {x.dtype} "
+    if x.dtype not in (torch.float32, torch.float64, torch.complex64, torch.complex128):
+        raise TypeError(f"qdwh computes in float32/float64 or complex64/complex128, got {x.dtype} "
                         "(polarkernels.polar upcasts half precision before calling it)")
     if x.dim() < 2:
         raise ValueError(f"qdwh needs a matrix or a batch (..., m, n), got shape {tuple(x.shape)}")
@@ -161,7 +164,22 @@ def _qdwh_tall(a: Tensor, tol: float | None, max_iter: int, l0: float | None,
 
     x, num_iters, done = _iterate(x, ell, amax == 0, max_iter, tol_dx, tol_l, gram)
     u = x if q is None else q @ x
+    if num_iters:
+        u = _newton_schulz_refine(u)
     return u, num_iters, bool(done.all())
+
+
+def _newton_schulz_refine(u: Tensor) -> Tensor:
+    """One cubic Newton–Schulz step U ← U (3I − UᴴU)/2 on the converged U (as JAX's qdwh ends).
+
+    Each σ near 1 maps to σ(3 − σ²)/2 = 1 − O((σ − 1)²): it removes the O(u√n) loss of
+    orthogonality left by the last QDWH step (and by Q @ U_R on tall input), e.g. ‖UᴴU − I‖_F/√n
+    9.2e-16 → 6.5e-16 at 1024² float64 Gaussian, for one Gram product and one m×n×n product
+    (bench/RESULTS.md). Zero singular values stay zero (partial isometries are kept). Computed
+    with torch's matmul in U's dtype, never the ``gram`` hook: a reduced-precision backend Gram
+    would put its own rounding back into U.
+    """
+    return 1.5 * u - 0.5 * (u @ (u.mH @ u))
 
 
 def _initial_bound(r: Tensor, alpha: Tensor, margin: float, floor: float) -> Tensor:
@@ -230,28 +248,28 @@ def _take(abc: Weights, idx: Tensor) -> Weights:
 
 
 def _qr_step(x: Tensor, abc: Weights) -> Tensor:
-    """[√c X; I] = [Q₁; Q₂] R,  X ← (b/c) X + (1/√c)(a − b/c) Q₁ Q₂ᵀ   [NBG10, §4]."""
+    """[√c X; I] = [Q₁; Q₂] R,  X ← (b/c) X + (1/√c)(a − b/c) Q₁ Q₂ᴴ   [NBG10, §4]."""
     a, b, c = abc
     m, n = x.shape[-2:]
     sqrt_c = c.sqrt()
     eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(x.shape[0], n, n)
     q, _ = torch.linalg.qr(torch.cat([_col(sqrt_c, x) * x, eye], dim=-2))
     q1, q2 = q[:, :m], q[:, m:]
-    return _col(b / c, x) * x + _col((a - b / c) / sqrt_c, x) * (q1 @ q2.mT)
+    return _col(b / c, x) * x + _col((a - b / c) / sqrt_c, x) * (q1 @ q2.mH)
 
 
 def _cholesky_step(x: Tensor, abc: Weights, gram: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-    """Z = I + c XᵀX = WᵀW,  X ← (b/c) X + (a − b/c) (X W⁻¹) W⁻ᵀ   [NH13].
+    """Z = I + c XᴴX = WᴴW,  X ← (b/c) X + (a − b/c) (X W⁻¹) W⁻ᴴ   [NH13].
 
     Returns the new X and, per matrix, whether the Cholesky factorization succeeded.
     """
     a, b, c = abc
     n = x.shape[-1]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    z = eye + _col(c, x) * gram(x.mT)
+    z = eye + _col(c, x) * gram(x.mH)
     w, info = torch.linalg.cholesky_ex(z, upper=True)
     y = torch.linalg.solve_triangular(w, x, upper=True, left=False)          # X W⁻¹
-    y = torch.linalg.solve_triangular(w.mT, y, upper=False, left=False)      # (X W⁻¹) W⁻ᵀ
+    y = torch.linalg.solve_triangular(w.mH, y, upper=False, left=False)      # (X W⁻¹) W⁻ᴴ
     return _col(b / c, x) * x + _col(a - b / c, x) * y, info == 0
 
 

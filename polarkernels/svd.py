@@ -1,7 +1,7 @@
 """The exact reference: the polar factor from the thin SVD.
 
-    A = P Σ Qᵀ (thin, k = min(m, n))   ⇒   U = P Qᵀ,   H = Q Σ Qᵀ (A = U H),   H = P Σ Pᵀ (A = H U)
-    (Higham, "Functions of Matrices", Thm. 8.1)
+    A = P Σ Qᴴ (thin, k = min(m, n))   ⇒   U = P Qᴴ,   H = Q Σ Qᴴ (A = U H),   H = P Σ Pᴴ (A = H U)
+    (Higham, "Functions of Matrices", Thm. 8.1; ᴴ is ᵀ for real A)
 
 Backward stable and accurate for any condition number, rank-deficient inputs included (U is then
 one of the many valid factors: LAPACK's choice of singular vectors for σ = 0). Slow on GPUs.
@@ -29,7 +29,7 @@ LAPACK_MIN_SIDE = 512
 
 
 def svd_polar(a: Tensor) -> Tensor:
-    """U = P Qᵀ for A = P Σ Qᵀ, batched over leading dims; float32/float64 (half is upcast)."""
+    """U = P Qᴴ for A = P Σ Qᴴ, batched over leading dims; real or complex (half is upcast)."""
     work = _working(a)
     if _use_lapack(work):
         return _lapack_polar(work)[0].to(a.dtype)
@@ -38,12 +38,13 @@ def svd_polar(a: Tensor) -> Tensor:
 
 
 def svd_polar_decomposition(a: Tensor, side: str = "right") -> tuple[Tensor, Tensor]:
-    """(U, H) with A = U H (side="right", H = Q Σ Qᵀ, n×n) or A = H U (side="left", H = P Σ Pᵀ).
+    """(U, H) with A = U H (side="right", H = Q Σ Qᴴ, n×n) or A = H U (side="left", H = P Σ Pᴴ).
 
-    H is formed from the singular triplets, as scipy.linalg.polar does, and is exactly symmetric.
+    H is formed from the singular triplets, as scipy.linalg.polar does, and is exactly
+    symmetric (Hermitian for complex A).
     On the LAPACK route it is one BLAS ``?syrk`` of Q Σ^½ (or P Σ^½): half the FLOPs of the full
-    product, and positive semi-definite up to rounding. On the torch route (GPU, small matrices,
-    autograd) it is (Q Σ) Qᵀ symmetrised, which keeps gradients finite at σ = 0 (√σ would not).
+    product (``?herk`` for complex), and positive semi-definite up to rounding. On the torch route
+    (GPU, small matrices, autograd) it is (Q Σ) Qᴴ symmetrised, which keeps gradients finite at σ = 0 (√σ would not).
     """
     if side not in ("right", "left"):
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
@@ -52,12 +53,12 @@ def svd_polar_decomposition(a: Tensor, side: str = "right") -> tuple[Tensor, Ten
         u, h = _lapack_polar(work, side)
         return u.to(a.dtype), h.to(a.dtype)
     p, s, qh = torch.linalg.svd(work, full_matrices=False)
-    h = (qh.mT * s[..., None, :]) @ qh if side == "right" else (p * s[..., None, :]) @ p.mT
-    return (p @ qh).to(a.dtype), ((h + h.mT) / 2).to(a.dtype)
+    h = (qh.mH * s[..., None, :]) @ qh if side == "right" else (p * s[..., None, :]) @ p.mH
+    return (p @ qh).to(a.dtype), ((h + h.mH) / 2).to(a.dtype)
 
 
 def _working(a: Tensor) -> Tensor:
-    return a if a.dtype in (torch.float32, torch.float64) else a.float()
+    return a if a.dtype in (torch.float32, torch.float64) or a.is_complex() else a.float()
 
 
 def _use_lapack(a: Tensor) -> bool:
@@ -67,7 +68,8 @@ def _use_lapack(a: Tensor) -> bool:
 
 def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | None]:
     """(U, H) per matrix of the batch from SciPy's ``?gesdd`` (``?gesvd`` if it fails); H only
-    for ``side`` "right" or "left", as one ``?syrk`` of Q Σ^½ (or P Σ^½), exactly symmetric.
+    for ``side`` "right" or "left", as one ``?syrk``/``?herk`` of Q Σ^½ (or P Σ^½), exactly
+    symmetric (Hermitian).
 
     Every product is SciPy's BLAS, the library ``?gesdd`` runs in, and everything between the
     calls is single-threaded NumPy: no other thread pool (torch's OpenMP, NumPy's own OpenBLAS)
@@ -93,12 +95,12 @@ def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | 
             # gesdd's divide and conquer rarely fails to converge; gesvd's QR iteration is
             # slower but more robust
             p, s, qh = scipy.linalg.svd(x, full_matrices=False, check_finite=False, lapack_driver="gesvd")
-        u[i] = gemm(1.0, p, qh)  # LAPACK returns P, Qᵀ column-major: no copies going in
+        u[i] = gemm(1.0, p, qh)  # LAPACK returns P, Qᴴ column-major: no copies going in
         if halves is not None:
             root = np.sqrt(np.maximum(s, 0))  # σ ≥ 0; the clamp only guards the square root
-            halves[i] = (qh.T * root) if side == "right" else (p * root)
+            halves[i] = (qh.conj().T * root) if side == "right" else (p * root)
     u_t = torch.from_numpy(u).reshape(a.shape)
     if halves is None:
         return u_t, None
-    h = blas.gram(torch.from_numpy(halves))  # one ?syrk per matrix, mirrored: exactly symmetric
+    h = blas.gram(torch.from_numpy(halves))  # one ?syrk/?herk per matrix, mirrored: exactly Hermitian
     return u_t, h.reshape(*a.shape[:-2], *h.shape[-2:])

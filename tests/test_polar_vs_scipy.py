@@ -1,8 +1,9 @@
-"""polar() against scipy.linalg.polar in float64: the validation grid of the foundation issue.
+"""polar() against scipy.linalg.polar in float64/complex128: the validation grid.
 
-For every method × dtype × shape × condition number × side, on fresh matrices with prescribed
-singular values, measure
-  orthogonality   ‖UᵀU − I‖_F / √k      (UUᵀ for wide U; k = min(m, n))
+For every method × dtype (float32, float64, complex64, complex128) × shape × condition number ×
+side, on fresh matrices with prescribed singular values (complex ones with Haar-random unitary
+singular vectors), measure
+  orthogonality   ‖UᴴU − I‖_F / √k      (UUᴴ for wide U; k = min(m, n))
   backward error  ‖A − UH‖_F / ‖A‖_F    (‖A − HU‖ for side="left")
   forward error   ‖U − U_scipy‖_F / √k
   H               symmetric, and positive semi-definite up to rounding.
@@ -14,6 +15,9 @@ Tolerances (justified once here, used below):
     backward-stable method has forward error ≲ c ε κ. Bound: 40 ε κ √k + 40 ε √max(m, n)
     (measured: ≤ 14 ε κ, newton_schulz in float32; see bench/accuracy.py).
   * H is PSD to rounding: λ_min(H) ≥ −40 ε √max(m, n) ‖A‖₂.
+  Complex dtypes take the same bounds with ε of their real part (complex64: float32's): a complex
+  dot product of length n rounds like a real one of length 2n, a factor √2 the 40 absorbs
+  (measured: see bench/accuracy.py's complex rows).
 """
 
 import math
@@ -35,13 +39,15 @@ CONDS = {
     ("svd", torch.float32): [1, 1e3, 1e5], ("qdwh", torch.float32): [1, 1e3, 1e5],
 }
 ITERATIVE_CONDS = {torch.float64: [1, 1e3, 1e6], torch.float32: [1, 1e3]}
+DTYPES = [torch.float64, torch.float32, torch.complex128, torch.complex64]
 METHODS = ["svd", "qdwh", "polar_express", "newton_schulz", "muon"]
 
 
 def grid():
     for method in METHODS:
-        for dtype in (torch.float64, torch.float32):
-            for cond in CONDS.get((method, dtype), ITERATIVE_CONDS[dtype]):
+        for dtype in DTYPES:
+            real = dtype.to_real()
+            for cond in CONDS.get((method, real), ITERATIVE_CONDS[real]):
                 for shape in SHAPES:
                     if shape == (1, 1) and cond != 1:
                         continue
@@ -54,17 +60,18 @@ def grid():
 def test_polar_matches_scipy(method, dtype, shape, cond, side):
     m, n = shape
     k, big = min(m, n), max(m, n)
-    a64 = conditioned(m, n, cond, seed=hash((method, shape, cond, side)) % 2**32)
+    a64 = conditioned(m, n, cond, seed=hash((method, shape, cond, side)) % 2**32, complex=dtype.is_complex)
     u_ref, _ = scipy.linalg.polar(a64, side=side)
     a = torch.from_numpy(a64).to(dtype)
     u, h = pk.polar(a, side=side, method=method)
     assert u.dtype == dtype and h.dtype == dtype
     assert u.shape == (m, n) and h.shape == ((n, n) if side == "right" else (m, m))
     eps = torch.finfo(dtype).eps
-    u, h, a = u.double(), h.double(), a.double()
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    u, h, a = u.to(wide), h.to(wide), a.to(wide)
 
-    gram = u.mT @ u if m >= n else u @ u.mT
-    ortho = float(torch.linalg.matrix_norm(gram - torch.eye(k, dtype=torch.float64))) / math.sqrt(k)
+    gram = u.mH @ u if m >= n else u @ u.mH
+    ortho = float(torch.linalg.matrix_norm(gram - torch.eye(k, dtype=wide))) / math.sqrt(k)
     assert ortho <= 40 * eps * math.sqrt(big), f"orthogonality {ortho:.2e}"
 
     recon = u @ h if side == "right" else h @ u
@@ -74,15 +81,16 @@ def test_polar_matches_scipy(method, dtype, shape, cond, side):
     forward = float(torch.linalg.matrix_norm(u - torch.from_numpy(u_ref))) / math.sqrt(k)
     assert forward <= 40 * eps * cond * math.sqrt(k) + 40 * eps * math.sqrt(big), f"forward error {forward:.2e}"
 
-    assert torch.equal(h, h.mT)  # symmetric by construction
+    assert torch.equal(h, h.mH)  # Hermitian by construction
     lam_min = float(torch.linalg.eigvalsh(h).min())
     assert lam_min >= -40 * eps * math.sqrt(big) * float(torch.linalg.matrix_norm(a, 2)), f"λ_min(H) = {lam_min:.2e}"
 
 
+@pytest.mark.parametrize("complex", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
-def test_batched_equals_per_matrix(method, shape):
-    a = torch.from_numpy(conditioned(*shape, 100.0, seed=7, batch=(2, 3)))
+def test_batched_equals_per_matrix(method, shape, complex):
+    a = torch.from_numpy(conditioned(*shape, 100.0, seed=7, batch=(2, 3), complex=complex))
     u, h = pk.polar(a, method=method)
     for i in range(2):
         for j in range(3):
@@ -94,9 +102,10 @@ def test_batched_equals_per_matrix(method, shape):
             torch.testing.assert_close(h[i, j], h1, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64], ids=str)
 @pytest.mark.parametrize("method", ["polar_express", "muon", "newton_schulz", "qdwh", "svd"])
-def test_orthogonalize_batched_equals_per_matrix(method):
-    g = torch.randn(3, 8, 5)
+def test_orthogonalize_batched_equals_per_matrix(method, dtype):
+    g = torch.randn(3, 8, 5, dtype=dtype)
     u = pk.orthogonalize(g, method=method)
     for i in range(3):
         # float32 fixed-step iteration; batched vs single matmuls may round differently: ~10 ε.

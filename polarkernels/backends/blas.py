@@ -1,10 +1,10 @@
 """The BLAS backend: ``gram``, ``poly`` and ``apply`` through ``scipy.linalg.blas`` on CPU tensors.
 
 Same names, signatures and semantics as :mod:`polarkernels.backends.torch_ref` (the reference it
-is tested against), for CPU float32/float64 tensors:
+is tested against), for CPU float32/float64/complex64/complex128 tensors:
 
-    gram(x)            S = X Xᵀ        ?SYRK, one triangle, mirrored         m²n FLOPs (gemm: 2m²n)
-    poly(s, b, c)      B = b S + c S²  ?SYRK on S (S S = S Sᵀ), β = b, mirrored   m³ (gemm: 2m³)
+    gram(x)            S = X Xᴴ        ?SYRK (?HERK), one triangle, mirrored     m²n FLOPs (gemm: 2m²n)
+    poly(s, b, c)      B = b S + c S²  ?SYRK on S (S S = S Sᴴ), β = b, mirrored   m³ (gemm: 2m³)
     apply(bmat, x, a)  X' = a X + B X  ?GEMM with the a X term in β               2m²n
 
 so one quintic step on a wide m×n X costs 3m²n + m³ FLOPs instead of 4m²n + 2m³. The BLAS
@@ -15,6 +15,10 @@ are copied once. Batches ``(..., m, n)`` loop over the batch in Python: one BLAS
 
 Not supported: other dtypes (``TypeError``; use the ``torch`` backend for bfloat16/float16), CUDA
 tensors (``ValueError``), autograd (results carry no graph).
+
+Complex: ?HERK writes the conjugate of what ?SYRK's real identities give whenever the column-major
+view is the transpose of the tensor (a row-major matrix), since Xᵀ conj(X) = conj(X Xᴴ); each
+call below says which of S and conj(S) lands in memory, and the mirror conjugates.
 """
 
 from __future__ import annotations
@@ -28,17 +32,19 @@ from torch import Tensor
 
 NAME = "blas"
 
-_SYRK = {torch.float32: _blas.ssyrk, torch.float64: _blas.dsyrk}
-_GEMM = {torch.float32: _blas.sgemm, torch.float64: _blas.dgemm}
+_SYRK = {torch.float32: _blas.ssyrk, torch.float64: _blas.dsyrk,
+         torch.complex64: _blas.cherk, torch.complex128: _blas.zherk}   # ?HERK: the Hermitian ?SYRK
+_GEMM = {torch.float32: _blas.sgemm, torch.float64: _blas.dgemm,
+         torch.complex64: _blas.cgemm, torch.complex128: _blas.zgemm}
 
 
 def available() -> tuple[bool, str]:
     """Always (True, scope note): SciPy is a dependency of the package."""
-    return True, "CPU float32/float64 tensors only"
+    return True, "CPU float32/float64/complex64/complex128 tensors only"
 
 
 def gram(x: Tensor) -> Tensor:
-    """S = X Xᵀ, shape (..., m, m), exactly symmetric; matches ``torch_ref.gram``."""
+    """S = X Xᴴ, shape (..., m, m), exactly symmetric (Hermitian); matches ``torch_ref.gram``."""
     _check(x, "x")
     m, n = x.shape[-2:]
     out = x.new_empty((*x.shape[:-2], m, m))  # β = 0: SYRK never reads it
@@ -46,16 +52,21 @@ def gram(x: Tensor) -> Tensor:
         return out.zero_()
     syrk = _SYRK[x.dtype]
     x_views, x_row_major = _fortran(x)
+    # row-major X is the column-major Xᵀ: S = (Xᵀ)ᵀ Xᵀ is SYRK's trans=1 form, else X Xᵀ. HERK's
+    # transposed form is trans=2 (ᴴ) and gives Xᵀ conj(X) = conj(S) = Sᵀ, which the row-major
+    # tensor reads as S; the plain form gives S = X Xᴴ in column-major memory, i.e. Sᵀ = conj(S).
+    trans = (2 if x.is_complex() else 1) if x_row_major else 0
     for xf, sf in zip(x_views, _fortran(out)[0]):
-        # row-major X is the column-major Xᵀ: S = (Xᵀ)ᵀ Xᵀ is SYRK's trans=1 form, else X Xᵀ.
-        syrk(1.0, xf, trans=int(x_row_major), c=sf, overwrite_c=1)
-    return _mirror_lower(out)
+        syrk(1.0, xf, trans=trans, c=sf, overwrite_c=1)
+    return _mirror_lower(out, conjugate=x.is_complex() and not x_row_major)
 
 
 def poly(s: Tensor, b: float, c: float) -> Tensor:
-    """B = b S + c S² for symmetric S, exactly symmetric; matches ``torch_ref.poly``.
+    """B = b S + c S² for symmetric (Hermitian) S, exactly so; matches ``torch_ref.poly``.
 
-    S² = S Sᵀ for symmetric S, so it is one SYRK with the b S term in β: B = c S Sᵀ + b S.
+    S² = S Sᴴ for Hermitian S, so it is one SYRK (HERK) with the b S term in β: B = c S Sᴴ + b S.
+    (Complex: the column-major view of the row-major S is conj(S), so HERK computes
+    c conj(S) Sᵀ + b conj(S) = conj(B) = Bᵀ in column-major memory, which is B row-major.)
     """
     _check(s, "s")
     if c == 0.0:
@@ -64,8 +75,12 @@ def poly(s: Tensor, b: float, c: float) -> Tensor:
     if out.numel() == 0:
         return out
     syrk = _SYRK[s.dtype]
-    # S is symmetric, so either column-major view of its memory (S or Sᵀ) is S itself.
-    for sf, bf in zip(_fortran(s)[0], _fortran(out)[0]):
+    # S is symmetric, so either column-major view of its memory (S or Sᵀ) is S. A complex S must
+    # be row-major like ``out``, so that both views hold conj(S) (a copy if not).
+    s_views, s_row_major = _fortran(s)
+    if s.is_complex() and not s_row_major:
+        s_views = _fortran(_copy(s, row_major=True))[0]
+    for sf, bf in zip(s_views, _fortran(out)[0]):
         syrk(c, sf, beta=b, c=bf, overwrite_c=1)
     return _mirror_lower(out)
 
@@ -101,8 +116,8 @@ def apply(bmat: Tensor, x: Tensor, a: float) -> Tensor:
 def _check(t: Tensor, what: str) -> None:
     if t.device.type != "cpu":
         raise ValueError(f"the blas backend needs CPU tensors; {what} is on {t.device}")
-    if t.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"the blas backend supports float32 and float64, {what} is {t.dtype}; "
+    if t.dtype not in _GEMM:
+        raise TypeError(f"the blas backend supports float32/float64/complex64/complex128, {what} is {t.dtype}; "
                         "use backend='torch' for half precision")
     if t.ndim < 2:
         raise ValueError(f"{what} must be (..., m, n), got shape {tuple(t.shape)}")
@@ -113,7 +128,7 @@ def _fortran(t: Tensor) -> tuple[list[np.ndarray], bool]:
     whether they are the transposes (True when the matrices are row-major). A batch of matrices
     that are neither row- nor column-major is copied to row-major first."""
     m, n = t.shape[-2:]
-    t3 = t.detach().reshape(-1, m, n)
+    t3 = t.detach().resolve_conj().reshape(-1, m, n)  # a lazy conjugate (Xᴴ views) is made real memory
     row_major = t3.stride(-1) == 1 and (t3.stride(-2) == n or m == 1)
     col_major = t3.stride(-2) == 1 and (t3.stride(-1) == m or n == 1)
     if not (row_major or col_major):
@@ -130,7 +145,7 @@ def _copy(t: Tensor, *, row_major: bool) -> Tensor:
     with as many cores as threads, alternating the two pools stalled every call by a scheduler
     time slice (measured on 2 cores: a 0.3 ms 256² SYRK took 8 ms behind a torch.where).
     """
-    a = t.detach().numpy()
+    a = t.detach().resolve_conj().numpy()
     if row_major:
         return torch.from_numpy(np.array(a, order="C", copy=True))
     return torch.from_numpy(np.array(np.swapaxes(a, -1, -2), order="C", copy=True)).mT
@@ -147,8 +162,15 @@ def _strict_upper(m: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(m, 1)
 
 
-def _mirror_lower(s: Tensor) -> Tensor:
-    """Copy the valid triangle of SYRK's result onto the other, exactly, in place.
+@lru_cache(maxsize=8)
+def _strict_lower(m: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.tril_indices(m, -1)
+
+
+def _mirror_lower(s: Tensor, conjugate: bool = False) -> Tensor:
+    """Copy the valid triangle of SYRK's result onto the other, exactly, in place (conjugated
+    for a Hermitian result); with ``conjugate``, first conjugate the valid triangle (HERK wrote
+    conj(S) there, see :func:`gram`).
 
     SYRK (uplo='U') fills the upper triangle of the column-major view, which is the lower
     triangle of the row-major tensor; the other triangle holds garbage until mirrored here.
@@ -156,11 +178,15 @@ def _mirror_lower(s: Tensor) -> Tensor:
     it (disjoint memory), and the diagonal block's upper triangle is gathered from its lower.
     """
     m = s.shape[-1]
+    hermitian = s.is_complex()
     for a in s.numpy().reshape(-1, m, m):  # row-major, freshly allocated by the caller
         for i in range(0, m, _MIRROR_BLOCK):
             j = min(i + _MIRROR_BLOCK, m)
             block = a[i:j, i:j]
-            upper = _strict_upper(j - i)
-            block[upper] = block.T[upper]  # the gather copies before the scatter writes
-            a[i:j, j:] = a[j:, i:j].T
-    return s
+            lower, upper = _strict_lower(j - i), _strict_upper(j - i)
+            if conjugate:
+                block[lower] = block[lower].conj()
+                np.conjugate(a[j:, i:j], out=a[j:, i:j])
+            block[upper] = block.T[upper].conj() if hermitian else block.T[upper]  # gather before scatter
+            a[i:j, j:] = a[j:, i:j].T.conj() if hermitian else a[j:, i:j].T
+    return s  # HERK's diagonal is real by definition, so the result is exactly Hermitian

@@ -2,7 +2,7 @@
 
 One step of eq. (1) in :mod:`polarkernels.schedules`, on a wide X (m ≤ n), is
 
-    S = X Xᵀ                    gram(X)          symmetric m×m
+    S = X Xᴴ                    gram(X)          Hermitian m×m (X Xᵀ for real X)
     B = b S + c S²              poly(S, b, c)    symmetric m×m
     X ← a X + B X               apply(B, X, a)
 
@@ -20,12 +20,12 @@ NAME = "torch"
 
 
 def gram(x: Tensor) -> Tensor:
-    """S = X Xᵀ, shape (..., m, m)."""
-    return x @ x.mT
+    """S = X Xᴴ (X Xᵀ for real X), shape (..., m, m)."""
+    return x @ x.mH
 
 
 def poly(s: Tensor, b: float, c: float) -> Tensor:
-    """B = b S + c S² for symmetric S (c = 0 gives the cubic step's B = b S)."""
+    """B = b S + c S² for Hermitian S (c = 0 gives the cubic step's B = b S)."""
     if c == 0.0:
         return s * b
     s3 = _as_batch(s)

@@ -7,7 +7,9 @@ Tolerance, elementwise and rigorous (Higham, "Accuracy and Stability of Numerica
 product plus at most two scalings/additions (α, β), so its error is ≤ γ_{k+2} times the same
 expression with absolute values, plus the float64 reference's own error, γ_{k+2}(float64) times the
 same. Every test checks that bound on every entry; a wrong transpose, triangle or β misses it by
-orders of magnitude.
+orders of magnitude. Complex dtypes: a complex multiply-add is two real ones per component, so the
+bound takes γ_{2(k+2)} (Higham §3.6), against the complex128 reference; a missing conjugate misses
+it by orders of magnitude too.
 """
 
 import math
@@ -20,7 +22,7 @@ from polarkernels import iterate, schedules
 from polarkernels.backends import blas, torch_ref
 from polarkernels.svd import svd_polar
 
-DTYPES = [torch.float32, torch.float64]
+DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
 # (batch, m, n): odd, square, tall, wide, single row/column, batched with 1 and 2 batch dims
 SHAPES = [((), 1, 1), ((), 1, 9), ((), 9, 1), ((), 3, 7), ((), 17, 17), ((), 33, 64), ((), 64, 33),
           ((), 130, 257), ((2,), 5, 11), ((3, 2), 12, 7), ((4,), 31, 31)]
@@ -34,7 +36,13 @@ def _ids(shape):
 
 def _gamma(k: int, dtype: torch.dtype) -> float:
     u = torch.finfo(dtype).eps / 2
+    k = 2 * k if dtype.is_complex else k
     return k * u / (1 - k * u)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """The float64 (complex128) reference copy."""
+    return t.to(torch.complex128) if t.is_complex() else t.double()
 
 
 def _make(batch, m, n, dtype, layout, seed):
@@ -49,15 +57,15 @@ def _make(batch, m, n, dtype, layout, seed):
 
 def _symmetric(batch, m, dtype, layout, seed):
     s = _make(batch, m, m, dtype, "row_major", seed)
-    s = (s + s.mT) / 2
-    return s.mT if layout == "col_major" else s  # same values, column-major memory
+    s = (s + s.mH) / 2
+    return s.mT.contiguous().mT if layout == "col_major" else s  # same values, column-major memory
 
 
 def _assert_within_bound(actual, expected, scale, k, dtype, what):
     """|actual − expected| ≤ (γ_{k+2}(dtype) + γ_{k+2}(float64)) · scale, entrywise."""
     assert actual.shape == expected.shape and actual.dtype == dtype, what
     bound = (_gamma(k + 2, dtype) + _gamma(k + 2, torch.float64)) * scale
-    err = (actual.double() - expected).abs()
+    err = (_wide(actual) - expected).abs()
     ratio = float((err / bound.clamp_min(torch.finfo(torch.float64).tiny)).max()) if err.numel() else 0.0
     assert ratio <= 1.0, f"{what}: error reaches {ratio:.2f}× the rounding bound (max abs {float(err.max()):.2e})"
 
@@ -69,8 +77,8 @@ def test_gram_matches_reference_and_is_exactly_symmetric(shape, dtype, layout):
     batch, m, n = shape
     x = _make(batch, m, n, dtype, layout, seed=1)
     s = blas.gram(x)
-    assert torch.equal(s, s.mT), "lower triangle must be mirrored exactly"
-    _assert_within_bound(s, torch_ref.gram(x.double()), torch_ref.gram(x.double().abs()), n, dtype, "gram")
+    assert torch.equal(s, s.mH), "lower triangle must be mirrored exactly"
+    _assert_within_bound(s, torch_ref.gram(_wide(x)), torch_ref.gram(_wide(x).abs()), n, dtype, "gram")
 
 
 @pytest.mark.parametrize("layout", ["row_major", "col_major"])
@@ -81,8 +89,8 @@ def test_poly_matches_reference_and_is_exactly_symmetric(shape, dtype, layout, b
     batch, m, _ = shape
     s = _symmetric(batch, m, dtype, layout, seed=2)
     p = blas.poly(s, b, c)
-    assert torch.equal(p, p.mT), "lower triangle must be mirrored exactly"
-    s64 = s.double()
+    assert torch.equal(p, p.mH), "lower triangle must be mirrored exactly"
+    s64 = _wide(s)
     scale = abs(b) * s64.abs() + abs(c) * s64.abs() @ s64.abs()
     _assert_within_bound(p, torch_ref.poly(s64, b, c), scale, m, dtype, "poly")
 
@@ -97,7 +105,7 @@ def test_apply_matches_reference_for_any_square_b(shape, dtype, x_layout, b_layo
     bmat = _make(batch, m, m, dtype, b_layout, seed=4)  # not symmetric: apply must not assume it
     a = 2.35
     out = blas.apply(bmat, x, a)
-    x64, b64 = x.double(), bmat.double()
+    x64, b64 = _wide(x), _wide(bmat)
     _assert_within_bound(out, torch_ref.apply(b64, x64, a), a * x64.abs() + b64.abs() @ x64.abs(), m, dtype, "apply")
 
 
@@ -120,7 +128,7 @@ def test_empty_inputs(batch, m, n):
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(TypeError, match="float32 and float64"):
+    with pytest.raises(TypeError, match="float32/float64/complex64/complex128"):
         blas.gram(torch.randn(3, 4, dtype=torch.bfloat16))
     with pytest.raises(TypeError, match="same dtype"):
         blas.apply(torch.eye(3), torch.randn(3, 4, dtype=torch.float64), 1.0)
@@ -132,7 +140,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_available_reports_scope():
     ok, note = blas.available()
-    assert ok and "float32/float64" in note
+    assert ok and "float32/float64/complex64/complex128" in note
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -144,11 +152,11 @@ def test_fixed_schedule_matches_torch_backend(method, dtype):
     σ ∈ [0, 1]; measured: ≤ 25 ε relative (Frobenius) after 5 steps, so 300 ε is a > 10× margin.
     """
     schedule = schedules.fixed_schedule(method, 5)
-    x0 = iterate.frobenius_normalize(torch.from_numpy(conditioned(24, 50, 30.0, seed=5, batch=(3,))).to(dtype),
-                                     schedule.norm_safety)
+    a = conditioned(24, 50, 30.0, seed=5, batch=(3,), complex=dtype.is_complex)
+    x0 = iterate.frobenius_normalize(torch.from_numpy(a).to(dtype), schedule.norm_safety)
     u_blas = iterate.run(x0, schedule, blas).u
     u_ref = iterate.run(x0, schedule, torch_ref).u
-    err = float(torch.linalg.matrix_norm((u_blas - u_ref).double()).max() / math.sqrt(24))
+    err = float(torch.linalg.matrix_norm(_wide(u_blas - u_ref)).max() / math.sqrt(24))
     assert err <= 300 * torch.finfo(dtype).eps, f"{method}: relative difference {err:.2e}"
 
 
@@ -157,12 +165,12 @@ def test_convergent_polar_express_reaches_the_svd_factor(dtype):
     """The loop to convergence on a κ = 100 input: forward error ≲ c ε κ (perturbation theory,
     as in tests/test_polar_vs_scipy.py, whose bound 40 ε κ √k + 40 ε √n this reuses)."""
     m, n, cond = 40, 70, 100.0
-    a64 = torch.from_numpy(conditioned(m, n, cond, seed=6))
+    a64 = torch.from_numpy(conditioned(m, n, cond, seed=6, complex=dtype.is_complex))
     schedule = schedules.convergent_schedule("polar_express")
     result = iterate.run(iterate.frobenius_normalize(a64.to(dtype), schedule.norm_safety), schedule, blas)
     assert result.converged
     eps = torch.finfo(dtype).eps
-    forward = float(torch.linalg.matrix_norm(result.u.double() - svd_polar(a64))) / math.sqrt(m)
+    forward = float(torch.linalg.matrix_norm(_wide(result.u) - svd_polar(a64))) / math.sqrt(m)
     assert forward <= 40 * eps * cond * math.sqrt(m) + 40 * eps * math.sqrt(n), f"forward error {forward:.2e}"
 
 
