@@ -17,7 +17,9 @@ Conventions, the same for every optimizer so that one grid means the same thing 
   problem and budget: the non-matrix parameters are treated identically by all hybrids.
 - The polar-accuracy ablation (``*_pe_bf16``, ``*_quintic``, ``*_cubic``, ``*_svd``) runs
   Muon and polar-first PolarGrad with four polar factors, from a 5-step bfloat16 approximation
-  to the exact (SVD) factor.
+  to the exact (SVD) factor. PolarGrad's variants take the exact ν = ‖X‖_* (``scale=
+  "nuclear_exact"``), so that only the direction U differs between them (with ``scale=
+  "nuclear"``, ν = ⟨X, U⟩ inherits U's error, and polarkernels refuses it for the quintic).
 """
 
 from __future__ import annotations
@@ -154,16 +156,19 @@ def _muon(factor: PolarFactor) -> Builder:
     return build
 
 
-def _polargrad(factor: PolarFactor, *, polar_first: bool = False, momentum: float = 0.95) -> Builder:
+def _polargrad(factor: PolarFactor, *, polar_first: bool = False, momentum: float = 0.95,
+               scale: str = "nuclear") -> Builder:
     def build(model: nn.Module, s: Setting, adamw: Setting | None) -> torch.optim.Optimizer:
         return PolarGrad(_groups(model, adamw), lr=s.lr, weight_decay=s.weight_decay,
                          momentum=_beta(s, momentum), polar_first=polar_first, method=factor.method,
-                         steps=factor.steps, dtype=factor.dtype)
+                         steps=factor.steps, dtype=factor.dtype, scale=scale)
     return build
 
 
 QDWH = PolarFactor("qdwh", 6)             # converged (≤ 6 iterations; it stops early)
 PE = PolarFactor("polar_express")
+#: PolarGrad's default: 6 steps keep ν = ⟨X, U⟩ within 0.5% of ‖X‖_* (polarkernels.optim)
+PE6 = PolarFactor("polar_express", 6)
 #: the ablation's four polar factors, least to most accurate
 ABLATION = {"pe_bf16": PolarFactor("polar_express", 5, torch.bfloat16),
             "quintic": PolarFactor("muon", 5, torch.bfloat16),
@@ -189,18 +194,19 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("polargrad_qdwh", "PolarGrad (QDWH)", _polargrad(QDWH), {
         "quadratic": 3e-8, "logistic": 1e-6, "completion": 30.0, "digits_mlp": 3e-2},
         hybrid=True, polar=QDWH),
-    OptimizerSpec("polargrad_pe", "PolarGrad (Polar Express)", _polargrad(PE), {
+    OptimizerSpec("polargrad_pe", "PolarGrad (Polar Express)", _polargrad(PE6), {
         "quadratic": 3e-8, "logistic": 1e-6, "completion": 30.0, "digits_mlp": 3e-2},
-        hybrid=True, polar=PE),
-    OptimizerSpec("polargrad", "PolarGrad (polar-first, Polar Express fp32)", _polargrad(PE, polar_first=True),
-                  dict(_PG_PF_LR), weight_decay=0.01, hybrid=True, polar=PE),
+        hybrid=True, polar=PE6),
+    OptimizerSpec("polargrad", "PolarGrad (polar-first, Polar Express × 6 fp32)",
+                  _polargrad(PE6, polar_first=True), dict(_PG_PF_LR), weight_decay=0.01, hybrid=True, polar=PE6),
     OptimizerSpec("polarsgd_qdwh", "PolarSGD (QDWH, no momentum; the paper's setting)",
                   _polargrad(QDWH, momentum=0.0), {"quadratic": 3e-8, "logistic": 3e-7, "completion": 10.0},
                   betas=(0.0,), hybrid=True, polar=QDWH),
     *(OptimizerSpec(f"muon_{key}", f"Muon, {factor.label}", _muon(factor),
                     {k: v for k, v in _MUON_LR.items() if k in _LM}, weight_decay=0.1, hybrid=True,
                     polar=factor) for key, factor in ABLATION.items()),
-    *(OptimizerSpec(f"polargrad_{key}", f"PolarGrad (polar-first), {factor.label}",
-                    _polargrad(factor, polar_first=True), {k: v for k, v in _PG_PF_LR.items() if k in _LM},
+    *(OptimizerSpec(f"polargrad_{key}", f"PolarGrad (polar-first, exact ν), {factor.label}",
+                    _polargrad(factor, polar_first=True, scale="nuclear_exact"),
+                    {k: v for k, v in _PG_PF_LR.items() if k in _LM},
                     weight_decay=0.01, hybrid=True, polar=factor) for key, factor in ABLATION.items()),
 )}

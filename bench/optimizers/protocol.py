@@ -16,7 +16,7 @@ A protocol runs up to four studies (``--stages``), each a set of cells tuned by
 - ``problems``: single-budget problems of :data:`bench.optimizers.problems.PROBLEMS` (each at
   its own ``budgets[mode]``), full descent, every optimizer that has a starting point for it.
 
-Order: scaling at the smallest size, the ablation, the larger sizes, the schedule check, the
+Order: scaling at the smallest size, the ablation, the schedule check, the larger sizes, the
 problems, so that an interrupted run has answered the most questions.
 """
 
@@ -57,28 +57,37 @@ class Protocol:
     ablation: tuple[str, ...] = tuple(ABLATION)
     #: single-budget problems (those not registered in PROBLEMS are skipped)
     problems: tuple[str, ...] = ()
+    #: seeds per model size where fewer than ``tuning.seeds`` (the larger sizes cost most)
+    size_seeds: tuple[int, ...] = ()
+
+    def seeds(self, size: ModelSize) -> int:
+        i = self.sizes.index(size)
+        return self.size_seeds[i] if i < len(self.size_seeds) else self.tuning.seeds
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "tuning": self.tuning.__dict__, "sizes": [s.__dict__ for s in self.sizes],
                 "tokens_per_param": self.tokens_per_param, "context": self.context, "batch": self.batch,
                 "evals": self.evals, "schedule": SCHEDULES[self.schedule].as_dict(),
                 "ablation_cell": self.ablation_cell, "ablation": self.ablation, "schedule_cell": self.schedule_cell,
-                "schedule_check": SCHEDULES[self.schedule_check].as_dict(), "problems": self.problems}
+                "schedule_check": SCHEDULES[self.schedule_check].as_dict(), "problems": self.problems,
+                "size_seeds": self.size_seeds}
 
 
-_TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3), runs=10, retune_runs=3, seeds=3),
-           "quick": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1, 0.3), runs=5, retune_runs=2, seeds=2),
+_TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3), runs=9, retune_runs=3, seeds=3),
+           "quick": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1, 0.3), runs=4, retune_runs=2, seeds=2),
            "test": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1), runs=2, retune_runs=1, seeds=2)}
 
 PROTOCOLS = {
+    # sized to ~40 CPU-minutes on the 2-core machine (1.25-5 tokens/param = 1/16-1/4 Chinchilla)
     "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 96, 2, 3)),
-                     (2.5, 5.0, 10.0), context=64, batch=16, evals=20,
+                     (1.25, 2.5, 5.0), context=64, batch=16, evals=16, size_seeds=(3, 2),
                      problems=("stdlib_moe", "stiefel_trace", "stiefel_procrustes", "stiefel_mlp")),
     "quick": Protocol("quick", _TUNING["quick"], (ModelSize("s", 32, 1, 2), ModelSize("m", 48, 1, 2)),
-                      (1.0, 2.0, 4.0), context=32, batch=8, evals=8, problems=("digits_mlp",)),
+                      (0.25, 0.5, 1.0), context=32, batch=8, evals=6, ablation_cell=("s", 0),
+                      problems=("quadratic",)),
     "test": Protocol("test", _TUNING["test"], (ModelSize("s", 16, 1, 2), ModelSize("m", 24, 1, 2)),
                      (0.02, 0.04), context=8, batch=2, evals=2, ablation_cell=("s", 0), schedule_cell=("s", 0),
-                     ablation=("pe_bf16", "svd"), problems=("quadratic",)),
+                     ablation=("pe_bf16", "svd"), problems=("quadratic",), size_seeds=(2, 1)),
 }
 
 
@@ -157,7 +166,7 @@ def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
             start = (chosen[c.size.tag, p.tokens_per_param[j - 1]] if j > 0
                      else chosen[p.sizes[i - 1].tag, c.tokens_per_param] if i > 0 else None)
             announce(f"scaling {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param, {c.cell.budget.steps} steps")
-            chosen[c.size.tag, c.tokens_per_param] = sweep.cell(c.cell, MAIN, start)
+            chosen[c.size.tag, c.tokens_per_param] = sweep.cell(c.cell, MAIN, start, seeds=p.seeds(c.size))
 
     if stages & {"scaling", "ablation", "schedule"}:
         scaling([p.sizes[0]])
@@ -166,15 +175,15 @@ def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
         base = chosen[ablation_cell(p).size.tag, ablation_cell(p).tokens_per_param]
         announce(f"ablation {a.problem.name}, {a.budget.steps} steps")
         starts = {f"{opt}_{key}": base[opt] for opt in ("muon", "polargrad") for key in p.ablation}
-        sweep.cell(a, starts, starts, adamw=base["adamw"])
-    if "scaling" in stages:
-        scaling(list(p.sizes[1:]))
+        sweep.cell(a, starts, starts, adamw=base["adamw"], seeds=p.seeds(ablation_cell(p).size))
     if "schedule" in stages:
         c = schedule_cell(p)
         at = _at(p, p.schedule_cell)
         base = chosen[at.size.tag, at.tokens_per_param]
         announce(f"schedule check {c.problem.name}, {c.schedule.label}")
-        sweep.cell(c, MAIN, base)
+        sweep.cell(c, MAIN, base, seeds=p.seeds(_at(p, p.schedule_cell).size))
+    if "scaling" in stages:
+        scaling(list(p.sizes[1:]))
     if "problems" in stages:
         for problem in single_problems(p):
             announce(f"problem {problem.name}")

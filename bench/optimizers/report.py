@@ -109,9 +109,9 @@ def cell_table(title: str, metric: str, summaries: dict[str, Summary], *, speedu
                  *([str(s.speedup) if s.speedup is not None else "—"] if speedups else []),
                  f"{s.ms_per_step:.1f}", f"{s.optimizer_ms_per_step:.1f}", str(s.tuning_runs)]
         lines.append("| " + " | ".join(cells) + " |")
-    flagged = [f"{s.label}: {'; '.join(s.flags)}" for s in summaries.values() if s.flags]
+    flagged = [f"{s.label}: {', '.join(s.flags)}" for s in summaries.values() if s.flags]
     if flagged:
-        lines += ["", "† " + " — ".join(flagged)]
+        lines += ["", "† not shown interior (budget spent or grid end): " + "; ".join(flagged) + "."]
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ schedule; this module does the same at every *cell* (a problem, a step budget, a
 Later cells of a study start from an earlier cell's choice and re-tune the learning rate only
 (Wen et al.'s phase II: at larger scales only the sensitive hyperparameters are re-tuned). The
 chosen value is *interior* on an axis when both its neighbours were run and were no better; a
-value at the end of a finite grid (other than λ = 0) or with an unexplored neighbour (budget
+value at the end of a finite grid (other than λ = 0) or with a neighbour left untried (budget
 spent) is flagged, and the report marks it †.
 
 Selection is by final loss (the metric at the end of the budget, after the schedule's decay).
@@ -134,9 +134,9 @@ def coordinate_descent(loss_of: Callable[[Setting], float], start: Setting, move
             s = move(best, d)
             side = "below" if d < 0 else "above"
             if s is None and (axis, d) not in natural:
-                flags.append(f"{axis} at the {'lower' if d < 0 else 'upper'} end of its grid")
+                flags.append(f"{axis} at the grid's {'bottom' if d < 0 else 'top'}")
             elif s is not None and s not in tried:
-                flags.append(f"{axis} {side} not explored (budget spent)")
+                flags.append(f"{axis} {side} untried")
     return Descent(best, tried, flags)
 
 
@@ -150,24 +150,26 @@ class Sweep:
         self.on_run = on_run
 
     def cell(self, cell: Cell, optimizers: Iterable[str], starts: dict[str, Setting] | None = None,
-             adamw: Setting | None = None) -> dict[str, Setting]:
+             adamw: Setting | None = None, seeds: int | None = None) -> dict[str, Setting]:
         """Tune ``optimizers`` at ``cell``; returns the chosen settings, AdamW's included.
 
         AdamW comes first unless its setting is given: it is the speedups' baseline, and the
         hybrids reuse its setting for their non-matrix parameters. An optimizer with an entry
         in ``starts`` re-tunes its learning rate only, from there; the others get a full
-        descent from their spec's starting point.
+        descent from their spec's starting point. ``seeds`` overrides the tuning's seed count.
         """
         starts = starts or {}
+        seeds = self.tuning.seeds if seeds is None else seeds
         chosen = {"adamw": adamw if adamw is not None else self.tune(cell, OPTIMIZERS["adamw"], None,
-                                                                      starts.get("adamw"))}
+                                                                      starts.get("adamw"), seeds)}
         pinned = chosen["adamw"] if _has_non_matrix(cell.problem) else None
         for name in optimizers:
             if name != "adamw" and OPTIMIZERS[name].applies_to(family(cell.problem)):
-                chosen[name] = self.tune(cell, OPTIMIZERS[name], pinned, starts.get(name))
+                chosen[name] = self.tune(cell, OPTIMIZERS[name], pinned, starts.get(name), seeds)
         return chosen
 
-    def tune(self, cell: Cell, spec: OptimizerSpec, adamw: Setting | None, start: Setting | None) -> Setting:
+    def tune(self, cell: Cell, spec: OptimizerSpec, adamw: Setting | None, start: Setting | None,
+             seeds: int) -> Setting:
         """Coordinate descent (full, or the learning rate from ``start``), then the seeds."""
         t = self.tuning
         center = spec.lr_center[family(cell.problem)]
@@ -193,7 +195,7 @@ class Sweep:
         budget = t.runs if len(moves) > 1 else t.retune_runs
         descent = coordinate_descent(lambda s: final_loss(self._run(cell, spec, s, 0, adamw)), start, moves,
                                      budget, natural_bounds=[("weight_decay", -1)])
-        for seed in range(1, t.seeds):
+        for seed in range(1, seeds):
             self._run(cell, spec, descent.chosen, seed, adamw)
         self.store.add_tuning(cell.key, spec.name, {
             "chosen": descent.chosen.as_dict(), "start": start.as_dict(), "axes": list(moves),

@@ -120,12 +120,12 @@ def test_coordinate_descent_finds_an_interior_optimum():
 def test_coordinate_descent_flags_grid_edges_and_spent_budgets():
     edge = coordinate_descent(_bowl(0, 0.5), Setting(1.0, 0.0, 0.95), _moves(), budget=50,
                               natural_bounds=[("weight_decay", -1)])
-    assert edge.chosen.weight_decay == 0.3 and edge.flags == ["weight_decay at the upper end of its grid"]
+    assert edge.chosen.weight_decay == 0.3 and edge.flags == ["weight_decay at the grid's top"]
     at_zero = coordinate_descent(_bowl(0, 0.0), Setting(1.0, 0.1, 0.95), _moves(), budget=50,
                                  natural_bounds=[("weight_decay", -1)])
     assert at_zero.chosen.weight_decay == 0.0 and at_zero.flags == []     # λ = 0 is a natural bound
     short = coordinate_descent(_bowl(6, 0.1), Setting(1.0, 0.1, 0.95), _moves(), budget=4)
-    assert len(short.tried) == 4 and "lr above not explored (budget spent)" in short.flags
+    assert len(short.tried) == 4 and "lr above untried" in short.flags
 
 
 # --- speedup ---------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
             assert t["runs"] <= t["budget"]
             seeds = {r["seed"] for r in runs if r["problem"] == c.cell.problem.name and r["optimizer"] == name
                      and r["steps"] == c.cell.budget.steps and r["setting"] == t["chosen"]}
-            assert seeds == set(range(protocol.tuning.seeds))
+            assert seeds == set(range(protocol.seeds(c.size)))           # fewer at the larger size
     first = scaling_cells(protocol)[0].cell.key
     assert tunings[first]["adamw"]["axes"] == ["lr", "weight_decay", "beta"]     # full descent first
     assert tunings[scaling_cells(protocol)[1].cell.key]["adamw"]["axes"] == ["lr"]   # then lr only
@@ -211,3 +211,15 @@ def test_every_optimizer_builds_on_the_transformer():
             problem.train_loss(model, torch.Generator().manual_seed(0)).backward()
             opt.step()
             assert all(torch.isfinite(p).all() for p in model.parameters()), name
+
+
+def test_cli_validates_names_and_reports_from_an_empty_store(tmp_path, capsys):
+    from bench.optimizers.__main__ import main
+
+    with pytest.raises(SystemExit, match="unknown stage"):
+        main(["--quick", "--stages", "scaling,nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown problem"):
+        main(["--quick", "--problems", "nope", "--out", str(tmp_path)])
+    assert main(["--quick", "--report-only", "--out", str(tmp_path)]) == 0     # nothing recorded: headings only
+    assert "quick protocol" in capsys.readouterr().out
+    assert not (tmp_path / "optimizers_quick.json").exists()                    # no run, no file
