@@ -11,12 +11,13 @@ Differentiating A = U H and UᴴU = I:
 
     dA = dU H + U dH,      Ω := Uᴴ dU = −Ωᴴ (skew-Hermitian),      K := Uᴴ dA = Ω H + dH.
 
-K − Kᴴ = ΩH + HΩ, a Sylvester (Lyapunov) equation for Ω [Higham, Functions of Matrices (2008),
-§8.1, Thm. 8.6 and its proof; Kenney & Laub, SIAM J. Sci. Stat. Comput. 12(3), 1991, "Polar
-decomposition and matrix sign function condition estimates"]. With H = V Σ Vᴴ, and X̃ := Vᴴ X V:
+K − Kᴴ = ΩH + HΩ, a Sylvester (Lyapunov) equation for Ω [N. J. Higham, Functions of Matrices
+(SIAM 2008), ch. 8, §8.2 on the sensitivity of the polar factors; C. Kenney and A. J. Laub,
+"Polar decomposition and matrix sign function condition estimates", SIAM J. Sci. Stat. Comput.
+12(3), 1991]. With H = V Σ Vᴴ and X̃ := Vᴴ X V:
 
     Ω̃ᵢⱼ = (K̃ − K̃ᴴ)ᵢⱼ / (σᵢ + σⱼ)                                                      (1)
-    dH  = V [ herm(K̃) + ½ (σᵢ − σⱼ) Ω̃ᵢⱼ ] Vᴴ         (from dH = K − ΩH, made Hermitian) (2)
+    dH  = V [ herm(K̃) + ½ (σᵢ − σⱼ) Ω̃ᵢⱼ ] Vᴴ         (dH = K − ΩH, written Hermitian)   (2)
     dU  = U Ω + (I − UUᴴ) dA H⁻¹                    ((I − UUᴴ) dA = (I − UUᴴ) dU H)      (3)
 
 (1) divides by σᵢ + σⱼ, not by σᵢ² − σⱼ² as the SVD's derivative does, so it is finite and
@@ -45,9 +46,10 @@ tolerance of ``numpy.linalg.matrix_rank``) are treated as exactly zero: pairs wi
 get weight 0 in (1) and (4), and H⁻¹ is the pseudo-inverse H⁺. The result is the derivative of
 the returned factor along perturbations that keep A's rank, with the undetermined part (rotations
 within the null spaces, and for complex A the phase of each null direction) set to zero: for the
-partial isometry the iterative methods return (zero singular values stay zero) it is that
-factor's derivative, for the SVD's orthonormal U the derivative with its null-space completion
-held fixed. Gradients are finite for every input.
+partial isometry the polynomial methods return (zero singular values stay zero) it is that
+factor's derivative; for the orthonormal U of the SVD and of QDWH (which lifts rounding-level
+singular values to 1) it is the derivative with the null-space completion held fixed.
+Gradients are finite for every input.
 """
 
 from __future__ import annotations
