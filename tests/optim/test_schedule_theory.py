@@ -1,0 +1,87 @@
+"""The schedule-aware weight-RMS prediction against simulated AdamW runs, and the EMA-horizon helpers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from polarkernels.optim.schedule_theory import (WeightRMSTracker, adamw_weight_rms, averaging_horizon,
+                                                cosine_schedule, gaussian_spectral_norm,
+                                                weight_decay_for_horizon, wsd_schedule)
+
+STEPS = 1000
+SCHEDULES = {"cosine": cosine_schedule(4e-3, STEPS, warmup=50), "wsd": wsd_schedule(4e-3, STEPS, warmup=50)}
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_rms_prediction_tracks_simulated_adamw(name):
+    """Noise-driven AdamW (torch.optim.AdamW, i.i.d. N(0, 1) gradients) under a schedule: the
+    measured weight RMS stays within 5% of eq. (1) at every step of the run."""
+    lrs, wd, init = SCHEDULES[name], 0.5, 0.05
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(init * torch.randn(4096, generator=gen))
+    opt = torch.optim.AdamW([p], lr=float(lrs[0]), weight_decay=wd)
+    measured = np.empty(STEPS)
+    with torch.no_grad():
+        for t in range(STEPS):
+            opt.param_groups[0]["lr"] = float(lrs[t])
+            p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+            measured[t] = float(p.square().mean().sqrt())
+    predicted = adamw_weight_rms(lrs, wd, init_rms=float(p.new_tensor(init)))
+    # Sampling noise of an RMS over 4096 elements is ~1/√(2·4096) ≈ 1.1%; the model's own error
+    # (momentum correlations while η moves) measured ≤ 2% here; 5% is the issue's bar.
+    assert np.abs(measured / predicted - 1).max() < 0.05
+    # The constant-rate equilibrium √(η_t/2λ) at the current η is what this improves on: during
+    # warmup and decay the weights lag far behind it.
+    live = lrs > 0
+    assert np.abs(measured[live] / np.sqrt(lrs[live] / (2 * wd)) - 1).max() > 0.2
+
+
+def test_constant_rates_reach_the_equilibrium():
+    lr, wd = 1e-3, 0.1
+    rms = adamw_weight_rms(np.full(200_000, lr), wd)
+    assert rms[-1] == pytest.approx(math.sqrt(lr**2 / (2 * lr * wd - (lr * wd) ** 2)), rel=1e-9)
+    assert rms[-1] == pytest.approx(math.sqrt(lr / (2 * wd)), rel=1e-4)
+
+
+def test_tracker_matches_batch():
+    lrs = wsd_schedule(1e-2, 300, warmup=10)
+    tracker = WeightRMSTracker(0.3)
+    online = [tracker.update(float(lr), 0.2) for lr in lrs]
+    assert np.allclose(online, adamw_weight_rms(lrs, 0.2, init_rms=0.3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("horizon", [30.0, 123.4, 700.0])
+def test_horizon_round_trip(name, horizon):
+    lrs = SCHEDULES[name]
+    if name == "cosine":
+        lrs = cosine_schedule(4e-3, STEPS, warmup=50, final=4e-4)   # η → 0 would forbid short horizons
+    wd = weight_decay_for_horizon(lrs, horizon)
+    assert averaging_horizon(lrs, wd) == pytest.approx(horizon, rel=1e-9)
+
+
+def test_horizon_of_constant_rates():
+    assert averaging_horizon(np.full(10_000, 1e-3), 0.5) == pytest.approx(1 / -math.log1p(-5e-4), rel=1e-9)
+    assert averaging_horizon(np.full(100, 1e-3), 0.5) == math.inf      # 100 steps decay 5% < one e-folding
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="η_t·λ_t must be < 1"):
+        adamw_weight_rms([0.5, 2.0], 1.0)
+    with pytest.raises(ValueError, match="as short as"):
+        weight_decay_for_horizon(cosine_schedule(1e-3, 1000), 10)
+    with pytest.raises(ValueError, match="horizon must be in"):
+        weight_decay_for_horizon(np.full(10, 1e-3), 11)
+
+
+def test_gaussian_spectral_norm():
+    gen = torch.Generator().manual_seed(0)
+    for n, m in [(256, 64), (512, 512)]:
+        measured = float(torch.linalg.matrix_norm(torch.randn(n, m, generator=gen, dtype=torch.float64) * 0.02, ord=2))
+        # The Bai–Yin edge: at these sizes the largest singular value sits within ~3% of it.
+        assert measured == pytest.approx(gaussian_spectral_norm(n, m, 0.02), rel=0.05)
