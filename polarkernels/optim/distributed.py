@@ -120,12 +120,23 @@ def layout_of(p: Tensor, process_group: ProcessGroup | None) -> Layout:
             return LOCAL
         return Layout("replicated", process_group)
     mesh, placements = p.device_mesh, tuple(p.placements)
+    key = (id(mesh), placements, tuple(p.shape))
+    if key not in _DTENSOR_LAYOUTS:               # keyed by the mesh object, which the entry keeps alive
+        _DTENSOR_LAYOUTS[key] = (mesh, _dtensor_layout(mesh, placements, tuple(p.shape)))
+    return _DTENSOR_LAYOUTS[key][1]
+
+
+_DTENSOR_LAYOUTS: dict[tuple, tuple[DeviceMesh, Layout]] = {}
+
+
+def _dtensor_layout(mesh: DeviceMesh, placements: tuple, shape: tuple[int, ...]) -> Layout:
+    """:func:`layout_of` a DTensor of ``shape`` with ``placements`` on ``mesh``, uncached."""
     for pl in placements:
         if type(pl) not in (Replicate, Shard):
             raise NotImplementedError(f"DTensor placement {pl} is not supported; expected Replicate() or Shard(d) "
                                       f"(reduce Partial gradients before the step)")
     sharded = [j for j, pl in enumerate(placements) if isinstance(pl, Shard)]
-    dims = [placements[j].dim % p.ndim for j in sharded]
+    dims = [placements[j].dim % len(shape) for j in sharded]
     if len(set(dims)) < len(dims):
         raise NotImplementedError(f"placements {placements} shard one tensor dim on several mesh dims; "
                                   f"shard each tensor dim on at most one mesh dim")
@@ -137,7 +148,7 @@ def layout_of(p: Tensor, process_group: ProcessGroup | None) -> Layout:
     boxes = []
     for k in range(dist.get_world_size(group)):
         coord = (mesh.mesh == dist.get_global_rank(group, k)).nonzero()[0].tolist()
-        boxes.append(_box(p.shape, mesh.shape, coord, placements))
+        boxes.append(_box(shape, mesh.shape, coord, placements))
     return Layout("sharded", group, tuple(boxes))
 
 
@@ -155,15 +166,14 @@ def _flat_group(mesh: DeviceMesh, dims: Sequence[int]) -> ProcessGroup:
 
 
 def _box(shape: Sequence[int], mesh_shape: Sequence[int], coord: Sequence[int], placements: Sequence) -> Box:
-    """The box that mesh coordinate ``coord`` holds: torch.chunk slices, mesh dims in order (as DTensor)."""
+    """The box that mesh coordinate ``coord`` holds: DTensor's torch.chunk slices of each sharded dim."""
     box = [(0, n) for n in shape]
     for size, c, pl in zip(mesh_shape, coord, placements):
         if isinstance(pl, Shard):
             d = pl.dim % len(shape)
-            start, length = box[d]
-            chunk = math.ceil(length / size)
-            lo = min(c * chunk, length)
-            box[d] = (start + lo, min(chunk, length - lo))
+            chunk = math.ceil(shape[d] / size)
+            start = min(c * chunk, shape[d])
+            box[d] = (start, min(chunk, shape[d] - start))
     return tuple(box)
 
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from polarkernels.optim import MatrixView, Muon, NonFiniteGradientError, PolarGrad
+from polarkernels.optim import MatrixView, Muon, NonFiniteGradientError, PolarGrad, split_params
 from polarkernels.optim.distributed import PolarJob, layout_of, polar_factors
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -28,6 +28,8 @@ OPTIMIZERS = {
     "polargrad": lambda ps, **kw: PolarGrad(ps, lr=0.1, weight_decay=0.1, **kw),
     "polargrad_polar_first": lambda ps, **kw: PolarGrad(ps, lr=0.1, polar_first=True, nesterov=True, **kw),
     "muon_rms": lambda ps, **kw: Muon(ps, lr=0.1, adjust_lr_fn="match_rms_adamw", **kw),
+    # X travels in bfloat16 (the work dtype, narrower than the float32 momentum).
+    "muon_bf16": lambda ps, **kw: Muon(ps, lr=0.1, dtype=torch.bfloat16, **kw),
 }
 
 EXPERTS = MatrixView("batch").spec()
@@ -134,7 +136,15 @@ def check_hsdp_and_2d_tp(world):
 
 
 def check_fsdp2(world):
-    """fully_shard on a real model: same trajectory as the unsharded model."""
+    """fully_shard on a real model (1-D mesh, and HSDP 2×2 on 4 ranks): the unsharded trajectory."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    fsdp2_matches_single_process(None)
+    if world == 4:
+        fsdp2_matches_single_process(init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard")))
+
+
+def fsdp2_matches_single_process(mesh):
     from torch.distributed.fsdp import fully_shard
 
     def model():
@@ -142,7 +152,7 @@ def check_fsdp2(world):
         return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 3))
 
     ref, sharded = model(), model()
-    fully_shard(sharded)
+    fully_shard(sharded, mesh=mesh)
     x, y = torch.randn(16, 5, generator=torch.Generator().manual_seed(53)), torch.randn(16, 3)
     opts = [PolarGrad(m.parameters(), lr=0.05, weight_decay=0.1) for m in (ref, sharded)]
     for _ in range(3):
@@ -154,6 +164,65 @@ def check_fsdp2(world):
         # FSDP2 averages the identical per-rank gradients with a reduce-scatter (exact for 2 and
         # 4 ranks, one float32 rounding for 3): a few ulps of the weights.
         torch.testing.assert_close(b.detach().full_tensor(), a.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def check_tensor_parallel_model(world):
+    """parallelize_module (column- then row-parallel): the unsharded trajectory.
+
+    The hidden size divides the ranks: TP's own activations assume even shards (uneven
+    parameter shards are covered by check_tensor_parallel).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    def model():
+        torch.manual_seed(55)
+        return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 5))
+
+    ref, tp = model(), model()
+    parallelize_module(tp, init_device_mesh("cpu", (world,)), {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    x, y = torch.randn(16, 6, generator=torch.Generator().manual_seed(56)), torch.randn(16, 5)
+    opts = [Muon(split_params(m), lr=0.05, adamw_lr=0.01) for m in (ref, tp)]
+    for _ in range(3):
+        for m, opt in zip((ref, tp), opts):
+            opt.zero_grad()
+            nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(ref.named_parameters(), tp.parameters()):
+        # The row-parallel layer sums its partial products across ranks (another float32 order
+        # in the forward and backward): gradients differ by a few ulps, the weights likewise.
+        torch.testing.assert_close(b.detach().full_tensor(), a.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def check_collectives_per_step(world):
+    """One step of many parameters costs one bucket: 2 all-to-alls (sharded), 1 all-gather (DDP)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    calls = {"all_to_all_single": 0, "all_gather": 0}
+    originals = {name: getattr(dist, name) for name in calls}
+
+    def counting(name):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return originals[name](*args, **kwargs)
+        return call
+
+    mesh = init_device_mesh("cpu", (world,))
+    shapes, views = zip(*PARAMS)
+    w0, grads = problem(shapes, steps=1)
+    sharded = [nn.Parameter(distribute_tensor(w, mesh, [Shard(0)])) for w in w0]
+    ddp = [nn.Parameter(w.clone()) for w in w0]
+    try:
+        for name in calls:
+            setattr(dist, name, counting(name))
+        run(sharded, views, [[distribute_tensor(g, mesh, [Shard(0)]) for g in grads[0]]], OPTIMIZERS["polargrad"])
+        assert calls == {"all_to_all_single": 2, "all_gather": 0}
+        run(ddp, views, grads, OPTIMIZERS["polargrad"], process_group=dist.group.WORLD)
+        assert calls == {"all_to_all_single": 2, "all_gather": 1}
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
 
 
 def check_buckets_and_dtypes(world):
@@ -231,8 +300,8 @@ def check_nonfinite_on_one_shard(world):
         assert torch.equal(w.detach().full_tensor(), torch.ones(world * 2, 3))
 
 
-CHECKS = {3: [check_ddp, check_fsdp2_1d, check_tensor_parallel, check_fsdp2, check_buckets_and_dtypes,
-              check_nonfinite_on_one_shard],
+CHECKS = {3: [check_ddp, check_fsdp2_1d, check_tensor_parallel, check_fsdp2, check_tensor_parallel_model,
+              check_buckets_and_dtypes, check_collectives_per_step, check_nonfinite_on_one_shard],
           4: [check_ddp, check_fsdp2_1d, check_hsdp_and_2d_tp, check_fsdp2, check_buckets_and_dtypes, check_errors]}
 
 
