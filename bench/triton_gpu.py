@@ -17,10 +17,11 @@ TFLOP/s count the FLOPs the method needs, 3m²n + m³ per step (symmetric produc
 implementation; "% peak" is against a plain 8192³ bf16 torch matmul timed in the same run.
 Needs a CUDA GPU and triton; prints a table and writes all numbers to ``--json``.
 
-Without a GPU, ``--compile-only 90`` (or 80, ...) compiles the bf16 kernels for that compute
-capability with the block sizes autotuning favours and reports what the code generator made of
-them (Hopper wgmma or Ampere mma.sync, pipeline depth, shared memory): a check that the kernels
-build for real targets, which the interpreter cannot give.
+Without a GPU, ``--compile-only 80,90`` compiles the bf16 kernels for those compute capabilities
+with the block sizes autotuning favours and reports what the code generator made of them (Hopper
+wgmma or Ampere mma.sync, pipeline depth, shared memory): a check that the kernels build for real
+targets, which the interpreter cannot give (CI runs it under the newest and the oldest supported
+Triton: tests/bench/test_triton_gpu.py).
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def bench_ms(fn) -> float:
     return float(do_bench(fn, warmup=min(rep / 4, 50.0), rep=rep, return_mode="median"))
 
 
-def compile_only(arch: int) -> None:
-    """Compile the bf16 kernels for ``sm_<arch>`` (no GPU needed) and report the generated code."""
+def compile_only(arch: int) -> list[dict]:
+    """Compile the bf16 kernels for ``sm_<arch>`` (no GPU needed); prints and returns one report
+    per kernel (name, mma instruction, pipeline buffers, shared memory in KiB)."""
     import re
 
     from triton.backends.compiler import GPUTarget
@@ -108,6 +110,7 @@ def compile_only(arch: int) -> None:
         (apply._apply_kernel, ("stride_bk", "stride_xn", "stride_on"),
          dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP=8, AXPY=True, **common)),
     ]
+    reports = []
     for kernel, unit_strides, constexprs in cases:
         names = kernel.arg_names
         constants = dict(constexprs, **{name: 1 for name in unit_strides})
@@ -122,20 +125,24 @@ def compile_only(arch: int) -> None:
         ptx, ttgir = compiled.asm["ptx"], compiled.asm["ttgir"]
         buffers = sorted({int(d) for d in re.findall(r"memdesc<(\d+)x\d+x\d+x", ttgir)})
         mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
+        reports.append(dict(arch=arch, kernel=kernel.__name__, mma=mma, buffers=buffers or [1],
+                            shared_kib=compiled.metadata.shared // 1024))
         print(f"sm_{arch} {kernel.__name__:14s} {mma:8s} pipeline buffers {buffers or [1]}  "
               f"shared {compiled.metadata.shared // 1024} KiB  ({time.time() - t0:.1f} s)", flush=True)
+    return reports
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="where to write every measurement")
-    parser.add_argument("--compile-only", type=int, metavar="ARCH",
-                        help="no GPU: compile for compute capability ARCH (e.g. 90) and report")
+    parser.add_argument("--compile-only", metavar="ARCHS",
+                        help="no GPU: compile for compute capabilities ARCHS (e.g. 80,90) and report")
     parser.add_argument("--budget-s", type=float, default=300.0,
                         help="skip the optional comparisons (compile, SVD) once this much time is spent")
     args = parser.parse_args()
     if args.compile_only:
-        compile_only(args.compile_only)
+        for arch in args.compile_only.split(","):
+            compile_only(int(arch))
         return
     if not args.json:
         parser.error("--json is required when timing")

@@ -99,6 +99,19 @@ class _ExtensionLoader:
         self._c.launch(kernel, _device_index(device), grid, _THREADS, smem, stream, params)
 
 
+#: The kernel files NVRTC compiles, in order (common.cuh first: its include guard then skips the
+#: other files' #include lines).
+NVRTC_FILES = ("common.cuh", "grouped_gemm.cu", "fused_polar.cu", "group_copy.cu")
+
+
+def nvrtc_program() -> tuple[str, tuple[str, ...]]:
+    """The program text and options the CuPy loader hands to NVRTC (``cupy.RawModule``; CuPy adds
+    ``-ftz=true`` and the GPU's ``-arch``). The full text rather than #include lines, so that
+    CuPy's compile cache keys on every source it depends on. NVRTC defaults to C++17."""
+    src = _csrc_dir()
+    return "\n".join((src / f).read_text() for f in NVRTC_FILES), (f"-I{src}",)
+
+
 class _CupyLoader:
     """Compiles csrc/*.cu once per device with NVRTC through ``cupy.RawModule``."""
 
@@ -115,12 +128,8 @@ class _CupyLoader:
         if fn is None:
             module = self._modules.get(index)
             if module is None:
-                src = _csrc_dir()
-                # The full text (common.cuh first; its include guard skips the #include lines)
-                # so that CuPy's compile cache keys on every source it depends on.
-                code = "\n".join((src / f).read_text() for f in
-                                 ("common.cuh", "grouped_gemm.cu", "fused_polar.cu", "group_copy.cu"))
-                module = self._cp.RawModule(code=code, options=(f"-I{src}",))  # NVRTC defaults to C++17
+                code, options = nvrtc_program()
+                module = self._cp.RawModule(code=code, options=options)
                 self._modules[index] = module
             fn = module.get_function(kernel)
             self._functions[(index, kernel)] = fn

@@ -268,6 +268,32 @@ def test_orthogonalize_cuda_path_never_waits_for_the_device(recorded_launches):
     assert "pk_fused_polar_bf16" in recorded_launches and "pk_gemm_nn_bf16" in recorded_launches
 
 
+def test_cupy_loader_compiles_nvrtc_program_once_and_raises_smem_once(monkeypatch):
+    """The CuPy path hands NVRTC exactly cuda.nvrtc_program() (what test_nvrtc.py compiles), one
+    module per device, and sets a kernel's shared-memory attribute once per size."""
+    made, smem_sets = [], []
+
+    class Function:
+        def __setattr__(self, name, value):
+            smem_sets.append((name, value))
+
+    class Module:
+        def __init__(self, code, options):
+            made.append((code, options))
+
+        def get_function(self, name):
+            return Function()
+
+    fake_cp = type("cupy", (), {"RawModule": Module})
+    loader = cuda._CupyLoader(fake_cp)
+    for _ in range(3):
+        loader._function("pk_gemm_nt_bf16", 0, 67072)
+    loader._function("pk_gemm_nt_bf16", 0, 1024)
+    loader._function("pk_gemm_nt_bf16", 1, 67072)
+    assert made == [cuda.nvrtc_program()] * 2
+    assert smem_sets == [("max_dynamic_shared_size_bytes", 67072)] * 2
+
+
 def _staging_wavefronts(ld: int) -> dict[str, int]:
     """Worst shared-memory wavefronts per warp access of grouped_gemm.cu's epilogue staging tile
     (4-byte words, 32 banks; one wavefront is conflict-free), from the kernel's index formulas:
