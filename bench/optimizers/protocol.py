@@ -78,9 +78,10 @@ _TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.
            "test": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1), runs=2, retune_runs=1, seeds=2)}
 
 PROTOCOLS = {
-    # sized to ~40 CPU-minutes on the 2-core machine (1.25-5 tokens/param = 1/16-1/4 Chinchilla)
+    # sized to ~20 CPU-minutes (0.625-2.5 tokens/param = 1/32-1/8 Chinchilla): the 2-core machine
+    # is shared, and this run got 20-50% of one core
     "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 96, 2, 3)),
-                     (1.25, 2.5, 5.0), context=64, batch=16, evals=16, size_seeds=(3, 2),
+                     (0.625, 1.25, 2.5), context=64, batch=16, evals=12, size_seeds=(3, 2),
                      problems=("stdlib_moe", "stiefel_trace", "stiefel_procrustes", "stiefel_mlp")),
     "quick": Protocol("quick", _TUNING["quick"], (ModelSize("s", 32, 1, 2), ModelSize("m", 48, 1, 2)),
                       (0.25, 0.5, 1.0), context=32, batch=8, evals=6, ablation_cell=("s", 0),

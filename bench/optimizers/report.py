@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .optimizers import OPTIMIZERS, Setting
+import torch
+
+import polarkernels
+
+from .optimizers import OPTIMIZERS, PolarFactor, Setting
 from .protocol import (Protocol, ablation_cell, problem_optimizers, scaling_cells, schedule_cell, single_cell,
                        single_problems)
 from .scaling import Speedup, adamw_equivalent_speedup
@@ -99,14 +103,32 @@ def _setting(s: Summary) -> list[str]:
     return [f"{s.setting.lr:.3g}{dagger}", f"{s.setting.weight_decay:g}", beta]
 
 
-def cell_table(title: str, metric: str, summaries: dict[str, Summary], *, speedups: bool = True) -> str:
+def polar_error(factor: PolarFactor, shape: tuple[int, int] = (64, 256), seed: int = 0) -> float:
+    """‖U − U_exact‖_F / ‖U_exact‖_F of ``factor`` on a fixed matrix shaped like the small
+    model's weights, singular values log-spaced from 1 to 10⁻³ (gradients and momenta are
+    ill-conditioned: the small singular values are where 5-step iterations stop short)."""
+    gen = torch.Generator().manual_seed(seed)
+    m, n = shape
+    q1, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(n, m, generator=gen, dtype=torch.float64))
+    x = (q1 * torch.logspace(0, -3, m, dtype=torch.float64)) @ q2.mT
+    exact = q1 @ q2.mT
+    u = polarkernels.orthogonalize(x.float(), method=factor.method, steps=factor.steps, dtype=factor.dtype)
+    return float((u.double() - exact).norm() / exact.norm())
+
+
+def cell_table(title: str, metric: str, summaries: dict[str, Summary], *, speedups: bool = True,
+               polar_errors: bool = False) -> str:
     """One cell's table, best mean final loss first."""
     head = ["optimizer", "peak lr η", "λ", "β", f"final {metric} (mean ± sd, n)",
-            *(["speedup vs AdamW"] if speedups else []), "ms/step", "optimizer ms/step", "tuning runs"]
+            *(["speedup vs AdamW"] if speedups else []), *(["polar error"] if polar_errors else []),
+            "ms/step", "optimizer ms/step", "tuning runs"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sorted(summaries.values(), key=lambda s: s.mean):
+        polar = OPTIMIZERS[s.optimizer].polar
         cells = [s.label, *_setting(s), f"{_fmt(s.mean)} ± {s.std:.2g} ({len(s.finals)})",
                  *([str(s.speedup) if s.speedup is not None else "—"] if speedups else []),
+                 *([f"{polar_error(polar):.1e}" if polar is not None else "—"] if polar_errors else []),
                  f"{s.ms_per_step:.1f}", f"{s.optimizer_ms_per_step:.1f}", str(s.tuning_runs)]
         lines.append("| " + " | ".join(cells) + " |")
     flagged = [f"{s.label}: {', '.join(s.flags)}" for s in summaries.values() if s.flags]
@@ -158,6 +180,41 @@ def verdict_table(results: list[ScalingResult]) -> str:
     return "\n".join(lines)
 
 
+def losses(results: list[ScalingResult]) -> list[str]:
+    """Per optimizer, the cells where another one ends lower by more than the two seed spreads."""
+    lines = []
+    for name in ("adamw", "muon", "polargrad"):
+        lost = []
+        for r in results:
+            mine = r.summaries.get(name)
+            if mine is None:
+                continue
+            best = min(r.summaries.values(), key=lambda s: s.mean)
+            if best.optimizer != name and mine.mean - best.mean > mine.std + best.std:
+                lost.append(f"{r.size} at {r.tokens_per_param:g} tokens/param (+{mine.mean - best.mean:.3f} "
+                            f"vs {best.label.split(' (')[0]})")
+        label = OPTIMIZERS[name].label
+        lines.append(f"- {label}: " + ("; ".join(lost) if lost else "no cell lost by more than the seed spreads"))
+    return lines
+
+
+def overhead_table(results: list[ScalingResult]) -> str:
+    """ms per training step and per optimizer step, seed-mean at each cell, with the ratio to AdamW.
+
+    Wall-clock on a shared 2-core machine: read the ratios, not the absolute values."""
+    names = ["adamw", "muon", "polargrad"]
+    head = ["model", "tokens/param", *(f"{OPTIMIZERS[n].label.split(' (')[0]} ms/step (optimizer)" for n in names),
+            "Muon / AdamW", "PolarGrad / AdamW"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        s = r.summaries
+        cells = [r.size, f"{r.tokens_per_param:g}"]
+        cells += [f"{s[n].ms_per_step:.1f} ({s[n].optimizer_ms_per_step:.1f})" if n in s else "—" for n in names]
+        cells += [f"{s[n].ms_per_step / s['adamw'].ms_per_step:.2f}×" if n in s else "—" for n in names[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(store: RunStore, p: Protocol, out: Path) -> str:
     """All tables as markdown (returned and written to ``optimizers_<mode>.md``) and the plots."""
     metric = "val loss"
@@ -169,6 +226,8 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
                   "in brackets, the speedup over AdamW: the AdamW budget reaching the same loss on AdamW's own "
                   "final-loss-vs-budget curve, over this budget (> or <: outside AdamW's measured budgets).", "",
                   verdict_table(results), ""]
+        parts += ["## Where each optimizer loses", "", *losses(results), "",
+                  "## Time per step", "", overhead_table(results), ""]
         parts += ["## Scaling study: every cell", ""]
         for r in results:
             parts += [cell_table(f"{r.title}: {r.tokens_per_param:g} tokens/param, {r.cell.budget.steps} steps, "
@@ -182,8 +241,11 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
                                          and n not in ("muon_torch", "polargrad_pe", "polargrad_qdwh")])
     if len(ablation) > 2:
         parts += ["## Polar-factor accuracy ablation", "",
+                  "Polar error: ‖U − U_exact‖_F/‖U_exact‖_F of the variant's polar factor on a fixed 64×256 "
+                  "matrix with singular values log-spaced from 1 to 1e-3 (`report.polar_error`).", "",
                   cell_table(f"{a.cell.problem.title}: {a.tokens_per_param:g} tokens/param, {a.cell.budget.steps} "
-                             f"steps, {a.cell.schedule.label}", metric, ablation, speedups=False), ""]
+                             f"steps, {a.cell.schedule.label}", metric, ablation, speedups=False,
+                             polar_errors=True), ""]
         plot_cells(out / f"optimizers_{p.mode}_ablation.png", "Polar-factor ablation", a.cell, ablation)
     sc = schedule_cell(p)
     sched = summarize(store, sc, ["adamw", "muon", "polargrad"])
