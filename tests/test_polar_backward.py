@@ -84,14 +84,17 @@ def _inner(x: torch.Tensor, y: torch.Tensor) -> float:
 
 # --- gradcheck -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("shape, dtype", [(shape, torch.float64) for shape in SHAPES.values()]
+                         + [(SHAPES[k], torch.complex128) for k in ("tall", "wide", "square")],
+                         ids=[f"{k}-float64" for k in SHAPES] + [f"{k}-complex128" for k in ("tall", "wide", "square")])
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("method", METHODS)
-def test_gradcheck_float64_through_polar(method, side, shape):
-    """Reverse and forward mode against central differences of polar() itself; gradcheck's
-    default atol 1e-5 / rtol 1e-3 are far above its float64 differences' error (~1e-9) on these
-    Gaussian matrices (κ ≲ 30), and every method converges to ~1e-15."""
-    a = _randn(shape, seed=len(shape) * 10 + shape[-1]).requires_grad_()
+def test_gradcheck_through_polar(method, side, shape, dtype):
+    """Reverse and forward mode against central differences of polar() itself (complex: torch's
+    convention, real and imaginary parts checked apart); gradcheck's default atol 1e-5 / rtol
+    1e-3 are far above its float64 differences' error (~1e-9) on these Gaussian matrices
+    (κ ≲ 30), and every method converges to ~1e-15."""
+    a = _randn(shape, dtype, seed=len(shape) * 10 + shape[-1]).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: pk.polar(x, side, method=method), (a,),
                                     fast_mode=True, check_forward_ad=True)
 
@@ -168,15 +171,13 @@ def _repeated_cases(dtype):
 def test_repeated_singular_values_match_finite_differences(case, side, dtype):
     """Where the SVD's derivative divides by σᵢ² − σⱼ² = 0 (NaN, or 7% off for repeated pairs),
     the polar factor is smooth: its derivative (jvp and vjp) matches central differences of
-    scipy.linalg.polar. Through the Function on SVD factors (complex included) and through
-    polar() for every real method."""
+    scipy.linalg.polar. Through the Function on SVD factors and through polar() for every method."""
     a = _repeated_cases(dtype)[case]
     da = _randn(a.shape, dtype, seed=15)
     fd_u, fd_h = _central_difference(a, da, side)
     gu, gh = _randn(fd_u.shape, dtype, seed=16), _randn(fd_h.shape, dtype, seed=17)
     routes = {"function": lambda t: _attached(t, side)}
-    if not dtype.is_complex:
-        routes.update({m: (lambda t, m=m: pk.polar(t, side, method=m)) for m in METHODS})
+    routes.update({m: (lambda t, m=m: pk.polar(t, side, method=m)) for m in METHODS})
     for name, f in routes.items():
         du, dh = _jvp(f, a, da)
         # central difference with step 1e-6 in float64: truncation ~1e-12 and rounding
