@@ -20,11 +20,13 @@ whole parameter, so an expert stack is orthogonalized expert by expert wherever 
   dimensions with ``Replicate()`` (HSDP's replicas) each do the same work on their own copy:
   no traffic crosses them (they are usually the slow links between nodes).
 
-**Algorithm.** Per group, one owner per job for the whole step, across all param groups:
+**Algorithm.** One owner per job for the whole step, across all param groups:
 :func:`~polarkernels.optim.owners.assign_owners` balances the polar FLOPs (greedy longest
-processing time; the old per-group round-robin left the busiest of 16 ranks with 4.8× the mean
-work). Jobs are then cut, in order, into buckets of at most :data:`BUCKET_BYTES` of whole X,
-and each bucket costs
+processing time; owners by count within each param group, as before, left the busiest of 16
+ranks with 4.8× the mean work and 10 idle; this gives 1.07×). Jobs are balanced per process
+group (one per mesh in practice), since only its ranks see its jobs: every rank then computes
+the same assignment without communicating. Jobs are then cut, in order, into buckets of at
+most :data:`BUCKET_BYTES` of whole X (a larger job is a bucket alone), and each bucket costs
 
 - replicated: one ``all_gather`` (owners compute from their own copy, everyone gathers all
   results; per-rank payloads padded to the largest);
@@ -33,8 +35,8 @@ and each bucket costs
   shape), and sends every rank its box of each result ("duplicated" semantics for tensor
   parallel: the polar factor of the whole matrix, never of a shard).
 
-X travels in the job's work dtype (the dtype the polar factor is computed in, or the
-parameter's if narrower), results in the dtype ``polar`` returns them; payloads of several
+X travels in the job's work dtype (the dtype the polar factor is computed in, or X's own if
+narrower), results in the dtype ``polar`` returns them; payloads of several
 dtypes share one byte buffer per collective. Since ``polar`` sees the same whole matrices as
 in one process, the distributed step equals the single-process step bitwise on CPU (the tests
 check it on gloo); only batch sizes differ, and batched kernels that round differently by batch
@@ -43,9 +45,10 @@ size would break that (on CPU they do not).
 **Memory.** Beyond its own parameter pieces, a rank holds, for one bucket at a time: the
 whole X of the jobs it owns in the bucket, their results, and send/receive buffers of the same
 sizes: about 3× the bytes of the matrices it owns in the bucket (in the work dtype) plus 2× its
-own pieces of the bucket. The bucket cap bounds this by ~3 × :data:`BUCKET_BYTES` even when
-one rank owns a whole bucket; balanced owners keep it near 3 × (cap / ranks + largest job).
-Replicated buckets also receive every result of the bucket (the all-gather), as DDP must.
+own pieces of the bucket. So the bound is 3 × max(:data:`BUCKET_BYTES`, largest matrix), reached
+only if one rank owns a whole bucket (owners balance the step's FLOPs, not each bucket's bytes;
+typically a rank owns about 1/ranks of each bucket). Replicated buckets also receive every result
+of the bucket (the all-gather), as DDP must.
 """
 
 from __future__ import annotations

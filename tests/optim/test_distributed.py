@@ -239,7 +239,7 @@ def check_buckets_and_dtypes(world):
     def polar(idx, xs):
         # Stand-ins for (U, ν per row, ν): whole-tensor functions a shard alone cannot compute.
         return [(x * x.double().sum().to(x.dtype), x.double().sum(dim=-1, keepdim=True), x.double().sum())
-                for i, x in zip(idx, xs)]
+                for x in xs]
 
     def jobs_of(tensors, layouts):
         return [PolarJob(t._local_tensor if hasattr(t, "_local_tensor") else t, tuple(w.shape), lay,
