@@ -8,6 +8,9 @@ With decoupled weight decay, θ ← (1 − ηλ) θ − η u. When the updates a
 
 For AdamW, the per-step updates m̂/√v̂ are correlated through the momentum, but their running
 sum behaves like Σ g/√v, of RMS 1 per element, so the prediction is ‖θ‖_RMS ≈ √(η/2λ).
+Under lr and weight-decay schedules the weights lag that equilibrium; ``schedule_weight_rms``
+runs the recurrence behind (1) step by step over the rates the monitor sees
+(:mod:`polarkernels.optim.schedule_theory`).
 
 :class:`EquilibriumMonitor` measures, never prints: it hooks ``optimizer.step`` and reports
 :class:`GroupStats` through ``latest`` and an optional callback.
@@ -25,6 +28,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .distributed import layout_of, local
+from .schedule_theory import WeightRMSTracker, gaussian_spectral_norm
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,13 @@ class GroupStats:
     update_rms: float
     weight_rms: float
     predicted_weight_rms: float | None
+    #: eq. (1) of :mod:`~polarkernels.optim.schedule_theory` for AdamW groups: the weight RMS
+    #: predicted under the lr and weight-decay *schedule* the monitor has seen step by step, from
+    #: the RMS at its first step (equals the equilibrium above once constant rates settle).
+    schedule_weight_rms: float | None = None
+    #: weight RMS · (√m + √n) of the group's largest matrix: its spectral norm if its weights were
+    #: i.i.d. noise of that RMS (a sanity scale, not a bound on trained weights); None without matrices.
+    noise_spectral_norm: float | None = None
 
 
 def adamw_equilibrium_rms(lr: float, weight_decay: float) -> float:
@@ -75,6 +86,7 @@ class EquilibriumMonitor:
         self.callback = callback
         self.latest: list[GroupStats] = []
         self._steps = 0
+        self._trackers: dict[int, WeightRMSTracker] = {}
         self._before: list[list[Tensor]] | None = None
         self._handles = [optimizer.register_step_pre_hook(self._pre_hook),
                          optimizer.register_step_post_hook(self._post_hook)]
@@ -86,6 +98,13 @@ class EquilibriumMonitor:
 
     def _pre_hook(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
         self._before = None
+        for i, group in enumerate(optimizer.param_groups):   # eq. (1) advances every step
+            params = [p for p in group["params"] if p.grad is not None]
+            if not _is_adamw(optimizer, group) or not params:
+                continue
+            if i not in self._trackers:
+                self._trackers[i] = WeightRMSTracker(_rms([(local(p), p) for p in params]))
+            self._trackers[i].update(float(group["lr"]), float(group.get("weight_decay", 0.0)))
         if self._steps % self.every == 0:
             self._before = [[local(p).detach().clone() for p in g["params"] if p.grad is not None]
                             for g in optimizer.param_groups]
@@ -105,11 +124,20 @@ class EquilibriumMonitor:
             weight = _rms([(local(p), p) for p in params])
             algorithm = group.get("algorithm", "")
             predicted = adamw_equilibrium_rms(lr, wd) if algorithm == "adamw" and wd > 0 else None
-            stats.append(GroupStats(i, algorithm, update, weight, predicted))
+            tracker = self._trackers.get(i)
+            sides = [(p.shape[0], p.numel() // p.shape[0]) for p in params if p.ndim >= 2]
+            noise = weight * max(gaussian_spectral_norm(m, n) for m, n in sides) if sides else None
+            stats.append(GroupStats(i, algorithm, update, weight, predicted,
+                                    tracker.rms if tracker is not None else None, noise))
         self._before = None
         self.latest = stats
         if self.callback is not None:
             self.callback(stats)
+
+
+def _is_adamw(optimizer: Optimizer, group: dict) -> bool:
+    """An AdamW group of this package's optimizers, or any group of ``torch.optim.AdamW``."""
+    return group.get("algorithm") == "adamw" or ("algorithm" not in group and isinstance(optimizer, torch.optim.AdamW))
 
 
 def _rms(pieces: list[tuple[Tensor, Tensor]]) -> float:
