@@ -12,14 +12,16 @@ computing L and ∂L/∂A:
   (``polarkernels.qdwh.qdwh`` or ``polarkernels.iterate.run`` with grad on, H = herm(UᴴA));
 - ``torch svd``: autograd through ``torch.linalg.svd`` (U = P Qᴴ, H = Q Σ Qᴴ).
 
-Every case runs in its own process: one warm-up call, the timed calls (:func:`bench.timing.measure`:
-median and IQR), then one call whose memory is measured. Memory, two figures:
+Each input (shape, dtype) runs in its own process: one warm-up call per route, one call per
+route whose memory is measured, then timed calls in round robin (every route once per round,
+0.2 s of sleep before each call as in :mod:`bench.timing`), so that the load of other processes
+falls on every route alike; median, IQR and best of the rounds. Memory, two figures:
 ``saved MiB``, the bytes autograd holds between forward and backward (distinct tensors seen by
 ``torch.autograd.graph.saved_tensors_hooks``: exact, and what grows with the step count), and
 ``peak MiB``, the process's peak resident set during the call above its resident set just before
 (Linux ``VmHWM`` after resetting it through ``/proc/self/clear_refs``, with glibc's
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set; counts
-temporaries too, rounded to pages). ``rel err``: ‖∂L/∂A − reference‖_F / ‖reference‖_F, the
+temporaries too; the kernel's counters are exact to ~0.25 MiB). ``rel err``: ‖∂L/∂A − reference‖_F / ‖reference‖_F, the
 reference being the analytic rule on float64 factors of the float64 SVD.
 """
 
@@ -30,11 +32,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from bench.timing import CPU_COOLDOWN_S, Timing
 
 ROUTES = (("analytic", "svd"), ("analytic", "qdwh"), ("analytic", "polar_express"),
           ("analytic", "newton_schulz"), ("iterations", "qdwh"), ("iterations", "polar_express"),
@@ -118,47 +123,73 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _worker(case: dict[str, Any], budget_s: float) -> dict[str, Any]:
-    from bench.timing import Budget, measure
+def _step(route: str, method: str, a0: Tensor, gu: Tensor, gh: Tensor) -> Tensor:
+    """One forward + backward: ∂L/∂A for L = ⟨G_U, U⟩ + ⟨G_H, H⟩."""
+    a = a0.clone().requires_grad_()
+    u, h = _factors(route, method, a)
+    (g,) = torch.autograd.grad((u * gu).sum() + (h * gh).sum(), a)
+    return g
 
-    dtype = getattr(torch, case["dtype"])
-    a0, gu, gh = _inputs(tuple(case["shape"]), dtype)
 
-    def step() -> Tensor:
-        a = a0.clone().requires_grad_()
-        u, h = _factors(case["route"], case["method"], a)
-        (g,) = torch.autograd.grad((u * gu).sum() + (h * gh).sum(), a)
-        return g
-
+def _memory(step) -> tuple[Tensor, int, int, int]:
+    """(result, saved tensors, saved bytes, peak RSS increase in bytes) of one call of step()."""
     sizes: dict[int, int] = {}
 
     def pack(t: Tensor) -> Tensor:
         sizes[t.data_ptr()] = t.numel() * t.element_size()
         return t
 
-    timing, _, first_s = measure(step, torch.device("cpu"), Budget(warmup=1, min_runs=3, max_runs=30,
-                                                                   budget_s=budget_s))
     before = _peak_rss_reset()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         g = step()
-    peak = _status_bytes("VmHWM") - before
+    # the kernel's RSS counters lag by a few pages per thread: clamp the noise at 0
+    return g, len(sizes), sum(sizes.values()), max(_status_bytes("VmHWM") - before, 0)
+
+
+def _worker(shape: list[int], dtype_name: str, rounds: int, budget_s: float) -> list[dict[str, Any]]:
+    """Every route on one input: a warm-up call each, a memory call each, then timed calls in
+    round robin (each round calls every route once), so that load from other processes falls on
+    all routes alike."""
+    a0, gu, gh = _inputs(tuple(shape), getattr(torch, dtype_name))
+    steps = [lambda r=r, m=m: _step(r, m, a0, gu, gh) for r, m in ROUTES]
+    first = []
+    for step in steps:
+        t0 = time.perf_counter()
+        step()
+        first.append(time.perf_counter() - t0)
+    memory = [_memory(step) for step in steps]
+    samples: list[list[float]] = [[] for _ in steps]
+    t_start = time.perf_counter()
+    while len(samples[0]) < rounds or (time.perf_counter() - t_start < budget_s and len(samples[0]) < 30):
+        for step, times in zip(steps, samples):
+            time.sleep(CPU_COOLDOWN_S)
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
     ref = _reference_gradient(a0, gu, gh)
-    rel = float(torch.linalg.vector_norm(g.double() - ref) / torch.linalg.vector_norm(ref))
-    return {**case, "median_s": timing.median, "q25_s": timing.q25, "q75_s": timing.q75, "best_s": timing.best,
-            "runs": timing.runs, "first_s": first_s, "saved_bytes": sum(sizes.values()),
-            "saved_tensors": len(sizes), "peak_rss_bytes": peak, "rel_err": rel,
-            "finite": bool(torch.isfinite(g).all())}
+    rows = []
+    for (route, method), (g, n_saved, saved, peak), times, first_s in zip(ROUTES, memory, samples, first):
+        timing = Timing.of(times)
+        rel = float(torch.linalg.vector_norm(g.double() - ref) / torch.linalg.vector_norm(ref))
+        rows.append({"shape": shape, "dtype": dtype_name, "route": route, "method": method,
+                     "median_s": timing.median, "q25_s": timing.q25, "q75_s": timing.q75,
+                     "best_s": timing.best, "runs": timing.runs, "first_s": first_s,
+                     "saved_tensors": n_saved, "saved_bytes": saved, "peak_rss_bytes": peak,
+                     "rel_err": rel, "finite": bool(torch.isfinite(g).all())})
+    return rows
 
 
-def _run_case(case: dict[str, Any], budget_s: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.backward", "--worker", json.dumps(case), "--budget", str(budget_s)]
+def _run_worker(shape: list[int], dtype_name: str, rounds: int, budget_s: float) -> list[dict[str, Any]]:
+    job = json.dumps({"shape": shape, "dtype": dtype_name, "rounds": rounds, "budget_s": budget_s})
+    cmd = [sys.executable, "-m", "bench.backward", "--worker", job]
     # every allocation ≥ 64 KiB gets its own mapping, returned on free, so the resident set
     # follows the live tensors (glibc's default raises this threshold as memory is freed and then
     # keeps freed blocks resident, hiding later peaks)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
-        return {**case, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+        error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        return [{"shape": shape, "dtype": dtype_name, "route": r, "method": m, "error": error} for r, m in ROUTES]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -181,13 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                         help="comma-separated m×n or batch×m×n, e.g. 512x512,32x64x64")
     parser.add_argument("--dtypes", default=",".join(DEFAULT_DTYPES))
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per case")
+    parser.add_argument("--rounds", type=int, default=3, help="timed calls per route, at least")
+    parser.add_argument("--budget", type=float, default=5.0,
+                        help="keep timing (≤ 30 rounds) until this many seconds have passed")
     parser.add_argument("--out", type=Path, default=Path("bench/out"),
                         help="folder for backward_cpu_results.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(json.loads(args.worker), args.budget)))
+        job = json.loads(args.worker)
+        print(json.dumps(_worker(job["shape"], job["dtype"], job["rounds"], job["budget_s"])))
         return
 
     from bench.report import environment
@@ -195,10 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
-            for route, method in ROUTES:
-                case = {"shape": list(_shape(shape)), "dtype": dtype, "route": route, "method": method}
-                rows.append(_run_case(case, args.budget))
-                print(_table(rows[-1:]).splitlines()[-1], flush=True)
+            new = _run_worker(list(_shape(shape)), dtype, args.rounds, args.budget)
+            rows += new
+            print("\n".join(_table(new).splitlines()[2:]), flush=True)
     print()
     print(_table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
