@@ -3,8 +3,9 @@
 Each world size spawns CPU processes on the gloo backend once; every rank runs the distributed
 optimizer and the single-process one on the same data and compares (a failed assertion on any
 rank fails the test with that rank's traceback). Owners compute polar factors and ν from whole
-matrices in the work dtype, exactly as one process does, so the steps agree bitwise; the one
-exception is FSDP2's own gradient averaging (see check_fsdp2).
+matrices in the work dtype, exactly as one process does, so the steps agree bitwise given the
+same gradients; real FSDP2 and TP models compute their gradients with their own reductions,
+which round differently (check_fsdp2, check_tensor_parallel_model).
 """
 
 from __future__ import annotations
