@@ -8,7 +8,6 @@ Import never fails because an optional backend is missing; asking for it does, w
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import torch
@@ -19,19 +18,26 @@ BACKENDS = ("torch", "blas", "triton", "cuda")
 #: input (their rules below ask for 16-bit dtypes) and naming them explicitly raises ``TypeError``.
 REAL_ONLY = ("triton", "cuda")
 
-_MODULES = {
-    "torch": "polarkernels.backends.torch_ref",
-    "blas": "polarkernels.backends.blas",
-    "triton": "polarkernels.backends.triton_ops",
-    "cuda": "polarkernels.backends.cuda",
-}
+def _module(name: str) -> ModuleType:
+    """The module of backend ``name``, imported on first use. Import statements rather than
+    ``importlib``: torch.compile traces them (even a first import), so ``orthogonalize`` compiles
+    with ``fullgraph=True``."""
+    if name == "torch":
+        from polarkernels.backends import torch_ref as module
+    elif name == "blas":
+        from polarkernels.backends import blas as module
+    elif name == "triton":
+        from polarkernels.backends import triton_ops as module
+    else:
+        from polarkernels.backends import cuda as module
+    return module
 
 
 def get_ops(name: str) -> ModuleType:
     """The backend module ``name``; raises ``ValueError`` (unknown) or ``RuntimeError`` (missing)."""
-    if name not in _MODULES:
+    if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected 'auto' or one of {BACKENDS}")
-    module = importlib.import_module(_MODULES[name])
+    module = _module(name)
     ok, reason = module.available() if hasattr(module, "available") else (True, "")
     if not ok:
         raise RuntimeError(f"backend {name!r} is not available: {reason}")
@@ -63,7 +69,7 @@ def resolve(backend: str, x: Tensor) -> str:
     kernels compile there (Triton installed, ``TRITON_INTERPRET`` unset); plain torch otherwise.
     """
     if backend != "auto":
-        if backend not in _MODULES:
+        if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
         if x.is_complex() and backend in REAL_ONLY:
             raise TypeError(f"backend {backend!r} computes in real arithmetic only and cannot take complex "
@@ -93,13 +99,13 @@ def _triton_compiles() -> bool:
     """Whether the Triton kernels compile for the GPU here (under TRITON_INTERPRET=1 they take
     CPU tensors only, so ``auto`` must not send CUDA tensors to them)."""
     try:
-        return importlib.import_module(_MODULES["triton"]).compiles_for_gpu()
+        return _module("triton").compiles_for_gpu()
     except ImportError:
         return False
 
 
 def _available(name: str) -> bool:
     try:
-        return importlib.import_module(_MODULES[name]).available()[0]
+        return _module(name).available()[0]
     except ImportError:
         return False

@@ -15,9 +15,11 @@ Where it runs: CUDA tensors on a GPU (kernels autotuned per shape and dtype), or
 Triton's interpreter when ``TRITON_INTERPRET=1`` was set before this module was imported (for
 tests: slow, one fixed block size).
 
-torch.compile: without ``out=``, each function calls a ``torch.library`` custom op
-(``polarkernels::triton_gram``, ``…_poly``, ``…_apply``) with a fake implementation, so compiled
-code traces through it without graph breaks; ``out=`` calls the launcher directly (eager only).
+torch.compile: without ``out=``, each function calls a torch op (``polarkernels::triton_gram``,
+``…_poly``, ``…_apply``): on a GPU a ``torch.library.triton_op`` whose kernel launches go through
+``torch.library.wrap_triton``, so compiled code traces into them (Inductor schedules the launches
+and CUDA graphs capture them); under the interpreter an opaque custom op with a fake
+implementation. Either way no graph breaks. ``out=`` calls the launcher directly (eager only).
 """
 
 from __future__ import annotations
@@ -40,29 +42,30 @@ else:
 
     INTERPRETED = _gram.INTERPRETED
 
-    @torch.library.custom_op("polarkernels::triton_gram", mutates_args=())
-    def _gram_op(x: Tensor, input_precision: str) -> Tensor:
+    def _register(name: str, fn, fake):
+        """``polarkernels::<name>`` as a torch op. Compiled kernels: ``torch.library.triton_op``,
+        whose launches (``wrap_triton``) torch.compile traces into its graph, so Inductor and
+        CUDA graphs own them; ``fn`` itself is the fake implementation. Interpreted kernels take
+        CPU tensors and cannot run on fake ones: an opaque ``custom_op`` with ``fake`` instead."""
+        if INTERPRETED or not hasattr(torch.library, "triton_op"):  # triton_op: torch ≥ 2.6
+            op = torch.library.custom_op(f"polarkernels::{name}", mutates_args=())(fn)
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(f"polarkernels::{name}", mutates_args=())(fn)
+
+    def _gram_impl(x: Tensor, input_precision: str) -> Tensor:
         return _gram.gram(x, input_precision=input_precision)
 
-    @_gram_op.register_fake
-    def _(x: Tensor, input_precision: str) -> Tensor:
-        return x.new_empty((*x.shape[:-1], x.shape[-2]))
-
-    @torch.library.custom_op("polarkernels::triton_poly", mutates_args=())
-    def _poly_op(s: Tensor, b: float, c: float, input_precision: str) -> Tensor:
+    def _poly_impl(s: Tensor, b: float, c: float, input_precision: str) -> Tensor:
         return _poly.poly(s, b, c, input_precision=input_precision)
 
-    @_poly_op.register_fake
-    def _(s: Tensor, b: float, c: float, input_precision: str) -> Tensor:
-        return s.new_empty(s.shape)
-
-    @torch.library.custom_op("polarkernels::triton_apply", mutates_args=())
-    def _apply_op(bmat: Tensor, x: Tensor, a: float, input_precision: str) -> Tensor:
+    def _apply_impl(bmat: Tensor, x: Tensor, a: float, input_precision: str) -> Tensor:
         return _apply.apply(bmat, x, a, input_precision=input_precision)
 
-    @_apply_op.register_fake
-    def _(bmat: Tensor, x: Tensor, a: float, input_precision: str) -> Tensor:
-        return x.new_empty(x.shape)
+    _gram_op = _register("triton_gram", _gram_impl,
+                         lambda x, input_precision: x.new_empty((*x.shape[:-1], x.shape[-2])))
+    _poly_op = _register("triton_poly", _poly_impl, lambda s, b, c, input_precision: s.new_empty(s.shape))
+    _apply_op = _register("triton_apply", _apply_impl, lambda bmat, x, a, input_precision: x.new_empty(x.shape))
 
 
 def available() -> tuple[bool, str]:

@@ -75,7 +75,8 @@ def apply(bmat: Tensor, x: Tensor, a: float, *, out: Tensor | None = None,
     if bmat.dtype != x.dtype or bmat.device != x.device:
         raise ValueError(f"bmat ({bmat.dtype}, {bmat.device}) and x ({x.dtype}, {x.device}) must match")
     res = launch.output(out, tuple(x.shape), x)
-    launch.check_no_alias(res, bmat, x)
+    if out is not None:  # a fresh output shares nothing (and fake tensors under torch.compile have no storage)
+        launch.check_no_alias(res, bmat, x)
     if res.numel() == 0:
         return res
     for t, name in ((bmat, "bmat"), (x, "x"), (res, "out")):
@@ -95,5 +96,6 @@ def apply(bmat: Tensor, x: Tensor, a: float, *, out: Tensor | None = None,
             return (batch * triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
         tuning_class = (launch.bucket(m), launch.bucket(n), launch.layout(b3), launch.layout(x3), launch.layout(o3),
                         *flags.values())
-        launch.tuned(_apply_kernel, launch.rectangular_configs, tuning_class)[grid](*args, UPCAST=False, **flags)
+        tuner = launch.tuned(_apply_kernel, launch.rectangular_configs, tuning_class)
+        launch.traceable(tuner)[grid](*args, UPCAST=False, **flags)
     return res

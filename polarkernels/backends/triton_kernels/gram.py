@@ -60,7 +60,8 @@ def gram(x: Tensor, *, out: Tensor | None = None, input_precision: str | None = 
     launch.check_operand(x, "x", interpreting=INTERPRETED)
     m, k = x.shape[-2:]
     s = launch.output(out, (*x.shape[:-1], m), x)
-    launch.check_no_alias(s, x)
+    if out is not None:  # a fresh output shares nothing (and fake tensors under torch.compile have no storage)
+        launch.check_no_alias(s, x)
     if s.numel() == 0:
         return s
     launch.check_offsets(x, "x")
@@ -79,6 +80,6 @@ def gram(x: Tensor, *, out: Tensor | None = None, input_precision: str | None = 
             tiles = triton.cdiv(m, meta["BLOCK"])
             return (batch * tiles * (tiles + 1) // 2,)
         tuning_class = (launch.bucket(m), launch.bucket(k), launch.layout(x3), launch.layout(s3), precision)
-        launch.tuned(_gram_kernel, launch.symmetric_configs, tuning_class)[grid](
-            *args, PRECISION=precision, UPCAST=False)
+        tuner = launch.tuned(_gram_kernel, launch.symmetric_configs, tuning_class)
+        launch.traceable(tuner)[grid](*args, PRECISION=precision, UPCAST=False)
     return s

@@ -102,6 +102,14 @@ def tuned(kernel: JITFunction, configs: Callable[[], list[triton.Config]], tunin
     return tuner
 
 
+def traceable(kernel: Autotuner):
+    """``kernel`` behind ``torch.library.wrap_triton`` (torch ≥ 2.6), so that inside a
+    ``triton_op`` torch.compile records the launch instead of running it; in eager mode torch
+    hands back the kernel itself."""
+    wrap = getattr(torch.library, "wrap_triton", None)
+    return kernel if wrap is None else wrap(kernel)
+
+
 def interpreted(kernel: object) -> bool:
     """True when ``triton.jit`` built ``kernel`` for the CPU interpreter (TRITON_INTERPRET=1 at
     import); then also makes an older interpreter accept the kernels' loop bounds

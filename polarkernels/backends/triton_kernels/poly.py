@@ -71,7 +71,8 @@ def poly(s: Tensor, b: float, c: float, *, out: Tensor | None = None,
     if s.shape[-2] != m:
         raise ValueError(f"s must be square (..., m, m); got {tuple(s.shape)}")
     res = launch.output(out, tuple(s.shape), s)
-    launch.check_no_alias(res, s)
+    if out is not None:  # a fresh output shares nothing (and fake tensors under torch.compile have no storage)
+        launch.check_no_alias(res, s)
     if res.numel() == 0:
         return res
     launch.check_offsets(s, "s")
@@ -91,5 +92,6 @@ def poly(s: Tensor, b: float, c: float, *, out: Tensor | None = None,
             tiles = triton.cdiv(m, meta["BLOCK"])
             return (batch * tiles * (tiles + 1) // 2,)
         tuning_class = (launch.bucket(m), launch.layout(s3), launch.layout(o3), *flags.values())
-        launch.tuned(_poly_kernel, launch.symmetric_configs, tuning_class)[grid](*args, UPCAST=False, **flags)
+        tuner = launch.tuned(_poly_kernel, launch.symmetric_configs, tuning_class)
+        launch.traceable(tuner)[grid](*args, UPCAST=False, **flags)
     return res
