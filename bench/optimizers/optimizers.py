@@ -67,7 +67,7 @@ class Steppers:
 
 Builder = Callable[[nn.Module, Setting, Setting | None], torch.optim.Optimizer | Steppers]
 
-#: AdamW's β₂ where it is not tuned (the middle of its grid)
+#: AdamW's β₂ where it is not tuned (the start of its grid)
 ADAMW_BETA2 = 0.98
 
 
@@ -94,8 +94,8 @@ class OptimizerSpec:
     build: Builder
     #: peak lr the coordinate descent starts from, by problem family
     lr_center: dict[str, float] = field(repr=False)
-    #: grid of the tuned momentum coefficient (AdamW: β₂); the middle value is the start
-    betas: tuple[float, ...] = (0.9, 0.95, 0.98)
+    #: grid of the tuned momentum coefficient (AdamW: β₂); the start is ``betas[len(betas) // 2]``
+    betas: tuple[float, ...] = (0.8, 0.9, 0.95, 0.98)
     #: λ the coordinate descent starts from (an entry of the protocol's λ grid)
     weight_decay: float = 0.0
     #: takes AdamW's tuned setting for the non-matrix parameters
@@ -184,7 +184,7 @@ _LM = {"stdlib_lm"}
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("adamw", "AdamW", _adamw, {
         "quadratic": 0.3, "logistic": 3e-2, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 3e-3},
-        betas=(0.95, ADAMW_BETA2, 0.999), weight_decay=0.1),
+        betas=(0.9, 0.95, ADAMW_BETA2, 0.995), weight_decay=0.1),
     OptimizerSpec("sgd", "SGD (Nesterov)", _sgd, {
         "quadratic": 1e-7, "logistic": 1e-5, "completion": 10.0, "digits_mlp": 0.1},
         betas=(0.8, 0.9, 0.95)),

@@ -175,7 +175,7 @@ def verdict_table(results: list[ScalingResult]) -> str:
             cells.append("—" if s is None else f"{_fmt(s.mean)} ± {s.std:.2g}"
                          + (f" ({s.speedup})" if n != "adamw" and s.speedup is not None else ""))
         best = min(r.summaries.values(), key=lambda s: s.mean)
-        cells.append(best.label.split(" (")[0])
+        cells.append(best.label.split(" (")[0] if set(names) <= set(r.summaries) else "(incomplete)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
