@@ -1,7 +1,7 @@
 """Backward benchmark: forward + backward of the polar decomposition on CPU, three ways.
 
-    python -m bench.backward                      # the default run (~5 minutes on 2 cores)
-    python -m bench.backward --shapes 256x256 --dtypes float64 --out bench/out
+    python -m bench.backward                      # the default run
+    python -m bench.backward --shapes 256x256 --dtypes float64 --threads 1 --out bench/out
 
 For a loss L = ⟨G_U, U⟩ + ⟨G_H, H⟩ with fixed random G_U, G_H, times and measures the memory of
 computing L and ∂L/∂A:
@@ -16,13 +16,17 @@ Each input (shape, dtype) runs in its own process: one warm-up call per route, o
 route whose memory is measured, then timed calls in round robin (every route once per round,
 0.2 s of sleep before each call as in :mod:`bench.timing`), so that the load of other processes
 falls on every route alike; median, IQR and best of the rounds. Memory, two figures:
-``saved MiB``, the bytes autograd holds between forward and backward (distinct tensors seen by
-``torch.autograd.graph.saved_tensors_hooks``: exact, and what grows with the step count), and
-``peak MiB``, the process's peak resident set during the call above its resident set just before
-(Linux ``VmHWM`` after resetting it through ``/proc/self/clear_refs``, with glibc's
-``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set; counts
-temporaries too; the kernel's counters are exact to ~0.25 MiB). ``rel err``: ‖∂L/∂A − reference‖_F / ‖reference‖_F, the
-reference being the analytic rule on float64 factors of the float64 SVD.
+
+- ``saved MiB``: the bytes autograd holds between forward and backward (the distinct tensors
+  seen by ``torch.autograd.graph.saved_tensors_hooks``, the loss's G_U and G_H included): exact,
+  and what grows with the step count;
+- ``peak MiB``: the process's peak resident set during the call above its resident set just
+  before (Linux ``VmHWM`` after resetting it through ``/proc/self/clear_refs``, with glibc's
+  ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set): temporaries
+  included, exact to the kernel's RSS counters (~0.25 MiB).
+
+``rel err``: ‖∂L/∂A − reference‖_F / ‖reference‖_F, the reference being the analytic rule on the
+float64 SVD's factors.
 """
 
 from __future__ import annotations
@@ -179,13 +183,16 @@ def _worker(shape: list[int], dtype_name: str, rounds: int, budget_s: float) -> 
     return rows
 
 
-def _run_worker(shape: list[int], dtype_name: str, rounds: int, budget_s: float) -> list[dict[str, Any]]:
+def _run_worker(shape: list[int], dtype_name: str, rounds: int, budget_s: float,
+                threads: int | None) -> list[dict[str, Any]]:
     job = json.dumps({"shape": shape, "dtype": dtype_name, "rounds": rounds, "budget_s": budget_s})
     cmd = [sys.executable, "-m", "bench.backward", "--worker", job]
     # every allocation ≥ 64 KiB gets its own mapping, returned on free, so the resident set
     # follows the live tensors (glibc's default raises this threshold as memory is freed and then
     # keeps freed blocks resident, hiding later peaks)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+    if threads is not None:  # torch (OpenMP, MKL) and SciPy's OpenBLAS alike
+        env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
@@ -212,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                         help="comma-separated m×n or batch×m×n, e.g. 512x512,32x64x64")
     parser.add_argument("--dtypes", default=",".join(DEFAULT_DTYPES))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch, OpenMP and BLAS (default: their own defaults)")
     parser.add_argument("--rounds", type=int, default=3, help="timed calls per route, at least")
     parser.add_argument("--budget", type=float, default=5.0,
                         help="keep timing (≤ 30 rounds) until this many seconds have passed")
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
-            new = _run_worker(list(_shape(shape)), dtype, args.rounds, args.budget)
+            new = _run_worker(list(_shape(shape)), dtype, args.rounds, args.budget, args.threads)
             rows += new
             print("\n".join(_table(new).splitlines()[2:]), flush=True)
     print()
@@ -237,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "backward_cpu_results.json"
     payload = {"command": "python -m bench.backward " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "environment": environment(torch.device("cpu")), "torch_threads": torch.get_num_threads(),
-               "rows": rows}
+               "environment": environment(torch.device("cpu")),
+               "threads": args.threads or torch.get_num_threads(), "rows": rows}
     path.write_text(json.dumps(payload, indent=1))
     print(f"\nwrote {path}", file=sys.stderr)
 
