@@ -338,6 +338,18 @@ def test_autotuned_launch_path_in_interpreter(autotuned_on_cpu, gen):
     assert len(ran) >= 4 + 4
 
 
+def test_autotune_off_runs_the_first_fitting_config(autotuned_on_cpu, monkeypatch, gen):
+    """POLARKERNELS_TRITON_AUTOTUNE=0: no config search (Triton ≤ 3.6 still times a lone config once)."""
+    gram, poly, apply, launch, ran = autotuned_on_cpu
+    monkeypatch.setenv("POLARKERNELS_TRITON_AUTOTUNE", "0")
+    x = unit((2, 70, 40), torch.float32, gen)
+    s = gram.gram(x)
+    y = apply.apply(poly.poly(s, B, C), x, A)
+    assert len(ran) <= 3
+    assert_close(s, torch_ref.gram(x.double()), rtol=RTOL[torch.float32], what="gram, first config")
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
 def test_autotune_classes_key_on_layout_flags_and_size_buckets(autotuned_on_cpu, gen):
     """A transposed operand or a cubic step gets its own tuned config; a new size in the same
     power-of-two bucket reuses the one already benchmarked."""

@@ -12,6 +12,7 @@ product) gets its own choice instead of inheriting whichever call came first.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -70,6 +71,11 @@ def prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     return kept or configs[-1:]
 
 
+def first_fit(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """:func:`prune_configs`, then only the first config left (no benchmarking choice)."""
+    return prune_configs(configs, named_args, **kwargs)[:1]
+
+
 def bucket(n: int) -> int:
     """The autotuning bucket of a size: the next power of two (sizes 513…1024 share one config)."""
     return triton.next_power_of_2(max(int(n), 1))
@@ -92,12 +98,14 @@ def tuned(kernel: JITFunction, configs: Callable[[], list[triton.Config]], tunin
     """The autotuner of ``kernel`` for one tuning class (sizes bucketed by :func:`bucket`, operand
     :func:`layout` s, compile-time flags; the launcher builds the tuple). Each benchmarks its
     configs on its first call and keeps the winner (Triton adds the operand dtypes to its own key);
-    all share ``kernel``'s compiled binaries."""
-    key = (kernel.fn.__name__, *tuning_class)
+    all share ``kernel``'s compiled binaries. ``POLARKERNELS_TRITON_AUTOTUNE=0`` skips the
+    benchmarking: each kernel runs its first config that fits (one compile per kernel variant)."""
+    search = os.environ.get("POLARKERNELS_TRITON_AUTOTUNE", "1") != "0"
+    key = (kernel.fn.__name__, search, *tuning_class)
     tuner = _TUNERS.get(key)
     if tuner is None:
         tuner = triton.autotune(configs=configs(), key=[],
-                                prune_configs_by={"early_config_prune": prune_configs})(kernel)
+                                prune_configs_by={"early_config_prune": prune_configs if search else first_fit})(kernel)
         _TUNERS[key] = tuner
     return tuner
 
