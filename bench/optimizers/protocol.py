@@ -73,7 +73,7 @@ class Protocol:
                 "size_seeds": self.size_seeds}
 
 
-_TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0), runs=12, retune_runs=3,
+_TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0), runs=12, retune_runs=4,
                           seeds=3),
            "quick": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1, 0.3), runs=4, retune_runs=2, seeds=2),
            "test": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1), runs=2, retune_runs=1, seeds=2)}
