@@ -160,9 +160,12 @@ class Timer:
     def median_ms(self, fn: Callable, inputs: list[tuple], *, max_s: float | None = None) -> tuple[float, int]:
         max_s = self.sizes.max_s if max_s is None else min(max_s, self.sizes.max_s)
         cycle = itertools.cycle(inputs)
+        t0 = time.perf_counter()
         for _ in range(self.sizes.warmup):
             fn(*next(cycle))
-        self.sync()
+            self.sync()
+            if time.perf_counter() - t0 > 0.5:  # a slow call (SVD, a compile) is warm after one run
+                break
         times: list[float] = []
         while len(times) < self.sizes.min_reps or (sum(times) < max_s * 1e3 and len(times) < 50):
             args = next(cycle)
