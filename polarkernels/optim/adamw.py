@@ -6,7 +6,9 @@
     θ ← θ − η/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
 
 in torch.optim.AdamW's operation order (``foreach=False``), so the fallback groups of
-PolarGrad and Muon reproduce torch's AdamW bitwise.
+PolarGrad and Muon reproduce torch's AdamW bitwise (for parameters whose moments share their
+dtype). The moments may be wider than the parameter (float32 for bfloat16 weights): the
+gradient is widened to them, and the final update rounds once into the parameter.
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-def init_adamw_state(state: dict, p: Tensor) -> None:
-    """Zero moments and step count (a float32 CPU tensor), under torch.optim.AdamW's names."""
+
+def init_adamw_state(state: dict, p: Tensor, dtype: torch.dtype | None = None) -> None:
+    """Zero moments (in ``dtype``, default ``p``'s) and step count (a float32 CPU tensor), under
+    torch.optim.AdamW's names."""
     state["step"] = torch.tensor(0.0, dtype=torch.float32)
-    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+    state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
 
 def adamw_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, *,
-                 lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+                 lr: float | Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
     """One AdamW step on plain (local) tensors, in place; the module docstring has the equations."""
     step += 1
+    grad = grad.to(exp_avg.dtype)
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
     exp_avg.lerp_(grad, 1 - beta1)

@@ -57,6 +57,9 @@ class GroupStats:
     #: weight RMS · (√m + √n) of the group's largest matrix: its spectral norm if its weights were
     #: i.i.d. noise of that RMS (a sanity scale, not a bound on trained weights); None without matrices.
     noise_spectral_norm: float | None = None
+    #: the optimizer skipped this step (``nonfinite="skip"`` saw a NaN/inf gradient): nothing
+    #: moved, so ``update_rms`` is 0 (the formula above would report ηλ·RMS(θ)).
+    skipped: bool = False
 
 
 def adamw_equilibrium_rms(lr: float, weight_decay: float) -> float:
@@ -74,7 +77,9 @@ class EquilibriumMonitor:
         monitor.latest                        # list[GroupStats] of the last measured step
         monitor.remove()
 
-    A measured step costs one copy of the parameters that have gradients.
+    A measured step costs one copy of the parameters that have gradients and one host
+    synchronisation (every sum of squares stays on its device until one transfer at the end);
+    unmeasured steps cost none (for float learning rates).
     """
 
     def __init__(self, optimizer: Optimizer, every: int = 1,
@@ -88,6 +93,7 @@ class EquilibriumMonitor:
         self._steps = 0
         self._trackers: dict[int, WeightRMSTracker] = {}
         self._before: list[list[Tensor]] | None = None
+        self._skipped_before: int | None = None
         self._handles = [optimizer.register_step_pre_hook(self._pre_hook),
                          optimizer.register_step_post_hook(self._post_hook)]
 
@@ -108,27 +114,37 @@ class EquilibriumMonitor:
         if self._steps % self.every == 0:
             self._before = [[local(p).detach().clone() for p in g["params"] if p.grad is not None]
                             for g in optimizer.param_groups]
+            self._skipped_before = getattr(optimizer, "skipped_steps", None)
         self._steps += 1
 
     @torch.no_grad()
     def _post_hook(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
         if self._before is None:
             return
-        stats = []
+        skipped = getattr(optimizer, "skipped_steps", None) != self._skipped_before
+        measured, sums = [], []
         for i, (group, before) in enumerate(zip(optimizer.param_groups, self._before)):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))
-            update = _rms([(local(p) - (1 - lr * wd) * b, p) for p, b in zip(params, before)])
-            weight = _rms([(local(p), p) for p in params])
+            if not skipped:
+                sums.append(_sum_squares([(local(p) - (1 - lr * wd) * b, p) for p, b in zip(params, before)]))
+            sums.append(_sum_squares([(local(p), p) for p in params]))
+            measured.append((i, group, params, lr, wd, sum(p.numel() for p in params)))
+        device = sums[0].device if sums else torch.device("cpu")
+        values = iter(torch.stack([t.to(device) for t in sums]).tolist() if sums else [])   # the one sync
+        stats = []
+        for i, group, params, lr, wd, count in measured:
+            update = 0.0 if skipped else math.sqrt(next(values) / count)
+            weight = math.sqrt(next(values) / count)
             algorithm = group.get("algorithm", "")
             predicted = adamw_equilibrium_rms(lr, wd) if algorithm == "adamw" and wd > 0 else None
             tracker = self._trackers.get(i)
             sides = [(p.shape[0], p.numel() // p.shape[0]) for p in params if p.ndim >= 2]
             noise = weight * max(gaussian_spectral_norm(m, n) for m, n in sides) if sides else None
             stats.append(GroupStats(i, algorithm, update, weight, predicted,
-                                    tracker.rms if tracker is not None else None, noise))
+                                    tracker.rms if tracker is not None else None, noise, skipped))
         self._before = None
         self.latest = stats
         if self.callback is not None:
@@ -140,18 +156,21 @@ def _is_adamw(optimizer: Optimizer, group: dict) -> bool:
     return group.get("algorithm") == "adamw" or ("algorithm" not in group and isinstance(optimizer, torch.optim.AdamW))
 
 
-def _rms(pieces: list[tuple[Tensor, Tensor]]) -> float:
-    """RMS over all elements of the (local piece, parameter) pairs; slices of sharded
-    parameters are summed over their process group."""
-    total = torch.zeros((), dtype=torch.float64)
-    count = 0
+def _sum_squares(pieces: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Σ x² over all elements of the (local piece, parameter) pairs, a float64 0-d tensor on the
+    first piece's device (no host synchronisation); slices of sharded parameters are summed over
+    their process group."""
+    device = pieces[0][0].device
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for piece, p in pieces:
-        sq = piece.double().square().sum().cpu()
+        sq = piece.detach().double().square().sum()
         lay = layout_of(p, None)
         if lay.kind == "sharded":
-            sq = sq.to(piece.device)
             dist.all_reduce(sq, group=lay.group)
-            sq = sq.cpu()
-        total += sq
-        count += p.numel()
-    return math.sqrt(float(total) / max(count, 1))
+        total += sq.to(device)
+    return total
+
+
+def _rms(pieces: list[tuple[Tensor, Tensor]]) -> float:
+    """RMS over all elements of the (local piece, parameter) pairs (one host synchronisation)."""
+    return math.sqrt(float(_sum_squares(pieces)) / max(sum(p.numel() for _, p in pieces), 1))

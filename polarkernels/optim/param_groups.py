@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,9 +35,21 @@ ADAMW_KEYS = ("lr", "weight_decay", "betas", "eps")
 ADAMW_DEFAULT_NAMES = {"lr": "adamw_lr", "weight_decay": "adamw_weight_decay",
                        "betas": "adamw_betas", "eps": "adamw_eps"}
 
-#: ν in W ← (1 − ηλ) W − η ν U: ⟨X, U⟩ (PolarGrad), 1, Moonlight's 0.2·√max(m, n), or
-#: Keller Jordan's √max(1, m/n).
-SCALES = ("nuclear", "none", "rms", "shape")
+#: ν in W ← (1 − ηλ) W − η ν U: ⟨X, U⟩ (PolarGrad), ‖X‖_* from the SVD, 1, Moonlight's
+#: 0.2·√max(m, n), or Keller Jordan's √max(1, m/n).
+SCALES = ("nuclear", "nuclear_exact", "none", "rms", "shape")
+#: The scales that estimate ‖X‖_*.
+NUCLEAR_SCALES = ("nuclear", "nuclear_exact")
+#: The stated bound on |⟨X, U⟩/‖X‖_* − 1| for ``scale="nuclear"`` with a method at or above its
+#: :data:`NUCLEAR_MIN_STEPS` (measured ≤ 0.25% by ``python -m bench.nuclear_scale``, bfloat16 and
+#: float32, on Gaussian, power-law, flat and low-rank spectra; bench/RESULTS.md).
+NUCLEAR_BOUND = 5e-3
+#: Fewest steps for which ⟨X, U⟩ stays within :data:`NUCLEAR_BOUND` of ‖X‖_*; below, a warning
+#: quotes the measured bias. Muon's quintic never converges, so "muon" is refused outright.
+NUCLEAR_MIN_STEPS = {"polar_express": 6, "newton_schulz": 10, "qdwh": 4, "svd": 1}
+#: The measured ν/‖X‖_* − 1 at the package's 5-step defaults (bench/RESULTS.md).
+NUCLEAR_BIAS_AT_5 = {"polar_express": "−9.9% to +13%", "newton_schulz": "−30% to 0%",
+                     "muon": "−31% to +8%"}
 
 #: Module names (last component) treated as the output head by :func:`split_params`.
 HEAD_NAMES = ("lm_head", "head", "classifier", "output", "fc_out")
@@ -107,6 +120,7 @@ def _complete(group: dict[str, Any], defaults: Mapping[str, Any], *, split: bool
         else:
             out[key] = defaults[key]
     if algorithm == POLAR:
+        warn_inexact_nuclear(out)
         view = MatrixView.from_spec(out["view"])
         for p in map(_tensor, out["params"]):
             view.matrix_shapes(p.shape)                     # a view that does not fit raises here
@@ -137,6 +151,10 @@ def check_hyperparameters(group: Mapping[str, Any]) -> None:
             raise ValueError(f"{flag} {where} must be a bool, got {group[flag]!r}")
     if group["scale"] not in SCALES:
         raise ValueError(f"scale {where} must be one of {SCALES}, got {group['scale']!r}")
+    if group["scale"] == "nuclear" and group["method"] == "muon":
+        raise ValueError(f"scale='nuclear' with method='muon' {where}: Muon's quintic never converges, so "
+                         f"ν = ⟨X, U⟩ is off from ‖X‖_* by {NUCLEAR_BIAS_AT_5['muon']} (measured); use "
+                         f"method='polar_express' (≥ 6 steps) or scale='nuclear_exact'")
     if group["method"] not in ORTHOGONALIZE_METHODS:
         raise ValueError(f"method {where} must be one of {ORTHOGONALIZE_METHODS}, got {group['method']!r}")
     steps = group["steps"]
@@ -152,7 +170,23 @@ def check_hyperparameters(group: Mapping[str, Any]) -> None:
         raise ValueError(f"view {where}: {e}") from None
 
 
+def warn_inexact_nuclear(group: Mapping[str, Any]) -> None:
+    """Warn when a polar group's ``scale="nuclear"`` ν is outside :data:`NUCLEAR_BOUND` (too few steps)."""
+    need = NUCLEAR_MIN_STEPS.get(group["method"])
+    if group["scale"] == "nuclear" and need is not None and group["steps"] < need:
+        measured = NUCLEAR_BIAS_AT_5.get(group["method"]) if group["steps"] == 5 else None
+        warnings.warn(f"scale='nuclear' with method={group['method']!r} and steps={group['steps']}: ν = ⟨X, U⟩ "
+                      f"is within {NUCLEAR_BOUND:.1%} of ‖X‖_* only from {need} steps"
+                      + (f" (measured {measured} at 5)" if measured else "")
+                      + "; raise steps or use scale='nuclear_exact'", stacklevel=4)
+
+
 def _check_nonneg_finite(name: str, value: Any, where: str) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{name} {where} as a tensor must have one real element, got shape "
+                             f"{tuple(value.shape)} and dtype {value.dtype}")
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, float | int) or not (0.0 <= value < math.inf):
         raise ValueError(f"{name} {where} must be a finite number ≥ 0, got {value!r}")
 

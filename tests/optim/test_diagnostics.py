@@ -39,7 +39,9 @@ def test_stats_of_a_moonlight_step():
     gen = torch.Generator().manual_seed(42)
     w = nn.Parameter(torch.randn(12, 20, generator=gen, dtype=torch.float64))
     b = nn.Parameter(torch.randn(20, generator=gen, dtype=torch.float64))
-    opt = Muon([w, b], lr=lr, weight_decay=wd, adjust_lr_fn="match_rms_adamw", method="svd", dtype=torch.float64)
+    # Moonlight's recipe: the AdamW part shares lr and weight decay (Muon's own defaults differ).
+    opt = Muon([w, b], lr=lr, weight_decay=wd, adjust_lr_fn="match_rms_adamw", method="svd", dtype=torch.float64,
+               adamw_lr=lr, adamw_weight_decay=wd)
     seen = []
     monitor = EquilibriumMonitor(opt, callback=seen.append)
     w.grad, b.grad = torch.randn_like(w), torch.randn_like(b)
@@ -74,3 +76,41 @@ def test_every_and_remove():
 def test_rejects_bad_every():
     with pytest.raises(ValueError, match="every must be a positive int, got 0"):
         EquilibriumMonitor(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), every=0)
+
+
+def test_skipped_step_reports_no_movement():
+    """nonfinite="skip": nothing moved, so update RMS is 0 (not ηλ·RMS(θ)) and skipped is set."""
+    p = nn.Parameter(torch.randn(6, 6, generator=torch.Generator().manual_seed(43)))
+    opt = PolarGrad([p], lr=0.1, weight_decay=0.5, nonfinite="skip")
+    monitor = EquilibriumMonitor(opt)
+    p.grad = torch.full((6, 6), math.nan)
+    opt.step()
+    (stats,) = monitor.latest
+    assert stats.skipped and stats.update_rms == 0.0
+    # The monitor sums squares in float64: equal up to its rounding (~1e-16).
+    assert stats.weight_rms == pytest.approx(float(p.detach().double().pow(2).mean().sqrt()), rel=1e-12)
+    p.grad = torch.ones(6, 6)
+    opt.step()
+    (stats,) = monitor.latest
+    assert not stats.skipped and stats.update_rms > 0
+
+
+def test_a_measured_step_synchronises_once(monkeypatch):
+    """All sums of squares stay on device until one transfer (counted: Tensor.tolist/item/float).
+
+    No biases (AdamW reads its CPU step counter with .item()) and no finite check, so every
+    transfer counted is the monitor's.
+    """
+    model = nn.Sequential(nn.Linear(4, 5, bias=False), nn.Linear(5, 3, bias=False))
+    opt = PolarGrad(model.parameters(), lr=0.1, weight_decay=0.1, nonfinite="propagate")
+    monitor = EquilibriumMonitor(opt)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()                                          # first step: the trackers start
+    syncs = []
+    for name in ("tolist", "item", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name: syncs.append(_name)
+                            or _real(t, *a))
+    opt.step()
+    assert syncs == ["tolist"]
+    assert len(monitor.latest) == 1 and monitor.latest[0].update_rms > 0

@@ -32,7 +32,8 @@ def test_is_polargrad_with_shape_scale():
     """Muon = PolarGrad(nesterov=True, scale="shape", method="muon"): the same trajectory bitwise."""
     w0, grads = random_problem(SHAPES, steps=3, seed=12, dtype=torch.float32)
     a, _ = train(Muon, w0, grads, lr=0.02)
-    b, _ = train(PolarGrad, w0, grads, lr=0.02, weight_decay=0.1, nesterov=True, scale="shape", method="muon")
+    b, _ = train(PolarGrad, w0, grads, lr=0.02, weight_decay=0.1, nesterov=True, scale="shape", method="muon",
+                 steps=5)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -98,5 +99,103 @@ def test_update_rms_of_rms_scale_in_polargrad_matches_muon():
     """PolarGrad(scale="rms") is the Moonlight rule too: same step as Muon(match_rms_adamw)."""
     w0, grads = random_problem([(10, 6)], steps=2, seed=16, dtype=torch.float32)
     a, _ = train(Muon, w0, grads, lr=0.1, adjust_lr_fn="match_rms_adamw")
-    b, _ = train(PolarGrad, w0, grads, lr=0.1, weight_decay=0.1, nesterov=True, scale="rms", method="muon")
+    b, _ = train(PolarGrad, w0, grads, lr=0.1, weight_decay=0.1, nesterov=True, scale="rms", method="muon", steps=5)
     assert torch.equal(a[0], b[0])
+
+
+def needs_torch_muon():
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip(f"torch {torch.__version__} has no torch.optim.Muon (added in 2.9)")
+
+
+TORCH_SHAPES = [(16, 32), (33, 17), (16, 32)]
+
+
+def run(opt, params, grads):
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    return params
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(ns_coefficients=(3.0, -3.2, 1.2), eps=1e-5, ns_steps=3, nesterov=False),
+    dict(lr=torch.tensor(0.02), adjust_lr_fn="match_rms_adamw"),
+], ids=["defaults", "own_coefficients_eps_steps", "tensor_lr"])
+def test_takes_torch_muon_arguments_and_follows_it_bitwise(kwargs):
+    """torch.optim.Muon's arguments mean the same here: 10 steps equal bit for bit (CPU, bfloat16)."""
+    needs_torch_muon()
+    w0, grads = random_problem(TORCH_SHAPES, steps=10, seed=17, dtype=torch.float32)
+    kwargs = {"lr": 0.02, **kwargs}
+    theirs = run(torch.optim.Muon(ps := [torch.nn.Parameter(w.clone()) for w in w0], **kwargs), ps, grads)
+    ours = run(Muon(ps := [torch.nn.Parameter(w.clone()) for w in w0], dtype=torch.bfloat16, **kwargs), ps, grads)
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q), f"{tuple(p.shape)}: max |Δ| {float((p - q).abs().max()):.3e}"
+
+
+def test_positional_arguments_are_torch_muons():
+    p = torch.nn.Parameter(torch.zeros(4, 4))
+    opt = Muon([p], 0.05, 0.2, 0.9, False, (3.0, -3.2, 1.2), 1e-5, 7, "match_rms_adamw")
+    group = opt.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["momentum"], group["nesterov"]) == (0.05, 0.2, 0.9, False)
+    assert (group["ns_coefficients"], group["ns_eps"], group["steps"], group["scale"]) == ((3.0, -3.2, 1.2), 1e-5, 7,
+                                                                                           "rms")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(ns_coefficients=(1.0, 2.0)), r"ns_coefficients must be three numbers \(a, b, c\), got \(1.0, 2.0\)"),
+    (dict(eps=-1.0), r"eps must be a number ≥ 0, got -1.0"),
+    (dict(ns_coefficients=(3.0, -3.2, 1.2), method="polar_express"), r"set Muon's own iteration .* 'polar_express'"),
+    (dict(ns_steps=3, steps=4), r"steps=4 and ns_steps=3 name the same thing"),
+    (dict(lr=torch.tensor([0.1, 0.2])), r"lr \(polar group\) as a tensor must have one real element"),
+])
+def test_bad_torch_muon_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Muon([torch.nn.Parameter(torch.zeros(3, 3))], **kwargs)
+
+
+@pytest.mark.parametrize("adjust_lr_fn", [None, "match_rms_adamw"])
+def test_resumes_a_torch_muon_state_dict_bitwise(adjust_lr_fn):
+    """5 steps of torch.optim.Muon, its state_dict loaded into Muon (built with other settings,
+    which torch's hyperparameters replace), 5 more == 10 steps of torch.optim.Muon."""
+    needs_torch_muon()
+    w0, grads = random_problem(TORCH_SHAPES, steps=10, seed=18, dtype=torch.float32)
+    kw = dict(lr=0.02, weight_decay=0.05, momentum=0.9, adjust_lr_fn=adjust_lr_fn)
+    straight = run(torch.optim.Muon(ps := [torch.nn.Parameter(w.clone()) for w in w0], **kw), ps, grads)
+    resumed = [torch.nn.Parameter(w.clone()) for w in w0]
+    first = torch.optim.Muon(resumed, **kw)
+    run(first, resumed, grads[:5])
+    ours = Muon(resumed, lr=1.0, weight_decay=0.0)
+    ours.load_state_dict(first.state_dict())
+    assert ours.param_groups[0]["dtype"] == torch.bfloat16 and ours.param_groups[0]["lr"] == 0.02
+    run(ours, resumed, grads[5:])
+    for p, q in zip(resumed, straight):
+        assert torch.equal(p, q), f"{tuple(p.shape)}: max |Δ| {float((p - q).abs().max()):.3e}"
+    # and our own state_dict round-trips through a fresh Muon
+    again = Muon([torch.nn.Parameter(p.detach().clone()) for p in resumed])
+    again.load_state_dict(ours.state_dict())
+    assert again.param_groups[0]["ns_coefficients"] == (3.4445, -4.7750, 2.0315)
+
+
+def test_torch_muon_state_dict_needs_the_same_groups():
+    needs_torch_muon()
+    a, b = torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))
+    state = torch.optim.Muon([a]).state_dict()
+    with pytest.raises(ValueError, match="has 1 param groups, this optimizer 2"):
+        Muon([a, b]).load_state_dict(state)
+
+
+def test_adamw_part_has_its_own_defaults():
+    """Muon(model.parameters(), lr=0.02) never trains biases and norms with lr 0.02 and decay 0.1:
+    KellerJordan/Muon's MuonWithAuxAdam defaults, unless adamw_* says otherwise."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    polar, adamw = Muon(model.parameters(), lr=0.02).param_groups
+    assert (polar["lr"], polar["weight_decay"]) == (0.02, 0.1)
+    assert (adamw["lr"], adamw["betas"], adamw["eps"], adamw["weight_decay"]) == (3e-4, (0.9, 0.95), 1e-10, 0.0)
+    _, adamw = Muon(model.parameters(), lr=0.02, adamw_lr=1e-3, adamw_weight_decay=0.01).param_groups
+    assert (adamw["lr"], adamw["weight_decay"]) == (1e-3, 0.01)
+    # PolarGrad's one-line swap from AdamW keeps sharing lr and weight decay, as documented.
+    _, adamw = PolarGrad(model.parameters(), lr=1e-3, weight_decay=0.01).param_groups
+    assert (adamw["lr"], adamw["betas"], adamw["eps"], adamw["weight_decay"]) == (1e-3, (0.9, 0.999), 1e-8, 0.01)

@@ -157,7 +157,9 @@ def test_loading_another_optimizers_state_dict_is_a_clear_error():
     (dict(adamw_betas=(0.9, 1.0)), r"betas \(adamw group\) must be two floats in \[0, 1\), got \(0.9, 1.0\)"),
     (dict(adamw_eps=-1e-8), r"eps \(adamw group\) must be a non-negative float, got -1e-08"),
     (dict(adamw_lr=-3.0), r"lr \(adamw group\) must be a finite number ≥ 0, got -3.0"),
-    (dict(nonfinite="ignore"), r"nonfinite must be one of \('raise', 'skip'\), got 'ignore'"),
+    (dict(nonfinite="ignore"), r"nonfinite must be one of \('raise', 'skip', 'propagate'\), got 'ignore'"),
+    (dict(state_dtype=torch.int32), r"state_dtype must be a floating torch.dtype or None, got torch.int32"),
+    (dict(method="muon"), r"scale='nuclear' with method='muon' .* off from ‖X‖_\* by"),
 ])
 def test_bad_hyperparameter_named_in_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -216,3 +218,72 @@ def test_lr_scheduler_drives_both_kinds_of_group():
     sched.step()
     assert [g["lr"] for g in opt.param_groups] == [0.05, 0.005]
     opt.step()                                          # 'initial_lr' added by the scheduler is fine
+
+
+@pytest.mark.parametrize("param_dtype, state_dtype, expected", [
+    (torch.bfloat16, None, torch.float32), (torch.float16, None, torch.float32), (torch.float32, None, torch.float32),
+    (torch.float64, None, torch.float64), (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+])
+def test_state_dtype(param_dtype, state_dtype, expected):
+    """Momentum and AdamW moments in float32 for 16-bit parameters by default; resume keeps them."""
+    w0, grads = random_problem([(6, 9), (4, 2, 3), (9,)], steps=6, seed=35, dtype=param_dtype)
+    make = lambda ps: Muon(ps, lr=0.02, state_dtype=state_dtype)   # noqa: E731
+    params = fresh(w0)
+    opt = make(params)
+    run(opt, params, grads[:3])
+    dtypes = {k: v.dtype for p in params for k, v in opt.state[p].items() if k != "step"}
+    assert set(dtypes) == {"momentum_buffer", "exp_avg", "exp_avg_sq"} and set(dtypes.values()) == {expected}
+    assert all(p.dtype == param_dtype for p in params)
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = [nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = make(resumed)
+    opt2.load_state_dict(torch.load(buffer))
+    for p, q in zip(params, resumed):
+        # torch's Optimizer.load_state_dict would cast them to the parameter's dtype
+        assert all(opt2.state[q][k].dtype == v.dtype for k, v in opt.state[p].items())
+    run(opt, params, grads[3:])
+    run(opt2, resumed, grads[3:])
+    assert all(torch.equal(p, q) for p, q in zip(params, resumed))
+
+
+def test_float32_state_keeps_what_bfloat16_momentum_loses():
+    """The reason for the default: M ← 0.99 M + 0.01 G in bfloat16 stalls once 0.01·(G − M) is
+    under half an ulp of M (for G = 1, near M ≈ 1 − 2⁻⁹/0.01 ≈ 0.8); in float32 M → 1 − 0.99ᵗ."""
+    def momentum(state_dtype):
+        p = nn.Parameter(torch.zeros(4, 4, dtype=torch.bfloat16))
+        opt = PolarGrad([p], lr=0.0, momentum=0.99, state_dtype=state_dtype)
+        for _ in range(1000):
+            p.grad = torch.ones(4, 4, dtype=torch.bfloat16)
+            opt.step()
+        return opt.state[p]["momentum_buffer"].float()
+    # 1 − 0.99¹⁰⁰⁰ = 1 − 4.3e-5, accumulated in float32 (ε ≈ 6e-8 per step): within 1e-4 of 1.
+    torch.testing.assert_close(momentum(None), torch.ones(4, 4), rtol=0, atol=1e-4)
+    assert float(momentum(torch.bfloat16).max()) < 0.9
+
+
+def test_nonfinite_propagate_skips_the_check(monkeypatch):
+    """nonfinite="propagate": no check and no host sync; NaN reaches the weights, as in torch."""
+    import polarkernels.optim.polargrad as polargrad_module
+    monkeypatch.setattr(polargrad_module, "all_finite", lambda grads: pytest.fail("checked"))
+    p = nn.Parameter(torch.zeros(3, 3))
+    opt = PolarGrad([p], nonfinite="propagate")
+    p.grad = torch.full((3, 3), math.nan)
+    opt.step()
+    assert torch.isnan(p).all()
+
+
+def test_finite_check_is_one_reduction_and_one_sync(monkeypatch):
+    """all_finite: one fused _foreach_norm over every gradient and one .item()."""
+    from polarkernels.optim import grad_checks
+    calls = {"norm": 0, "item": 0}
+    real_norm, real_item = torch._foreach_norm, torch.Tensor.item
+    monkeypatch.setattr(torch, "_foreach_norm", lambda ts, o: calls.__setitem__("norm", calls["norm"] + 1)
+                        or real_norm(ts, o))
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: calls.__setitem__("item", calls["item"] + 1) or real_item(t))
+    grads = [torch.randn(5, 3), torch.randn(7), torch.randn(2, 2, dtype=torch.float64)]
+    assert grad_checks.all_finite(grads)
+    assert calls == {"norm": 1, "item": 1}
+    grads[1][3] = -math.inf
+    assert not grad_checks.all_finite(grads)
