@@ -13,11 +13,14 @@ A protocol runs up to four studies (``--stages``), each a set of cells tuned by
   learning rate from the main variant's choice there.
 - ``schedule``: AdamW, Muon and PolarGrad at one scaling cell under WSD instead of cosine,
   learning rate re-tuned from the cosine choice.
+- ``curve``: AdamW alone at longer budgets (``adamw_curve`` tokens/param), learning rate
+  re-tuned from its choice at the largest ratio: more of AdamW's loss-vs-budget curve, so that an
+  optimizer ending below AdamW's loss at the largest ratio gets a speedup rather than a bound.
 - ``problems``: single-budget problems of :data:`bench.optimizers.problems.PROBLEMS` (each at
   its own ``budgets[mode]``), full descent, every optimizer that has a starting point for it.
 
-Order: scaling at the smallest size, the ablation, the schedule check, the larger sizes, the
-problems, so that an interrupted run has answered the most questions.
+Order: scaling at the smallest size, the ablation, the schedule check, the larger sizes, AdamW's
+curve, the problems, so that an interrupted run has answered the most questions.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .scaling import ModelSize, counted_params, steps_for_ratio
 from .schedules import SCHEDULES
 from .sweep import Cell, Sweep, Tuning
 
-STAGES = ("scaling", "ablation", "schedule", "problems")
+STAGES = ("scaling", "ablation", "schedule", "curve", "problems")
 MAIN = ("adamw", "muon", "polargrad")
 
 
@@ -59,6 +62,8 @@ class Protocol:
     problems: tuple[str, ...] = ()
     #: seeds per model size where fewer than ``tuning.seeds`` (the larger sizes cost most)
     size_seeds: tuple[int, ...] = ()
+    #: longer budgets (tokens/param) at which AdamW alone extends its loss-vs-budget curve
+    adamw_curve: tuple[float, ...] = ()
 
     def seeds(self, size: ModelSize) -> int:
         i = self.sizes.index(size)
@@ -70,7 +75,7 @@ class Protocol:
                 "evals": self.evals, "schedule": SCHEDULES[self.schedule].as_dict(),
                 "ablation_cell": self.ablation_cell, "ablation": self.ablation, "schedule_cell": self.schedule_cell,
                 "schedule_check": SCHEDULES[self.schedule_check].as_dict(), "problems": self.problems,
-                "size_seeds": self.size_seeds}
+                "size_seeds": self.size_seeds, "adamw_curve": self.adamw_curve}
 
 
 _TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0), runs=12, retune_runs=4,
@@ -82,14 +87,15 @@ PROTOCOLS = {
     # sized to ~20 CPU-minutes (0.625-2.5 tokens/param = 1/32-1/8 Chinchilla): the 2-core machine
     # is shared, and this run got 20-50% of one core
     "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 96, 2, 3)),
-                     (0.625, 1.25, 2.5), context=64, batch=16, evals=12, size_seeds=(3, 2),
+                     (0.625, 1.25, 2.5), context=64, batch=16, evals=12, size_seeds=(3, 2), adamw_curve=(5.0,),
                      problems=("stdlib_moe", "stiefel_trace", "stiefel_procrustes", "stiefel_mlp")),
     "quick": Protocol("quick", _TUNING["quick"], (ModelSize("s", 32, 1, 2), ModelSize("m", 48, 1, 2)),
                       (0.25, 0.5, 1.0), context=32, batch=8, evals=6, ablation_cell=("s", 0),
                       problems=("quadratic",)),
     "test": Protocol("test", _TUNING["test"], (ModelSize("s", 16, 1, 2), ModelSize("m", 24, 1, 2)),
                      (0.02, 0.04), context=8, batch=2, evals=2, ablation_cell=("s", 0), schedule_cell=("s", 0),
-                     ablation=("pe_bf16", "svd"), problems=("quadratic",), size_seeds=(2, 1)),
+                     ablation=("pe_bf16", "svd"), problems=("quadratic",), size_seeds=(2, 1),
+                     adamw_curve=(0.08,)),
 }
 
 
@@ -111,13 +117,13 @@ class ScalingCell:
     cell: Cell
 
 
-def scaling_cells(p: Protocol) -> list[ScalingCell]:
-    """Every (size, ratio) cell of the scaling study, sizes in order, ratios ascending."""
+def scaling_cells(p: Protocol, ratios: tuple[float, ...] | None = None) -> list[ScalingCell]:
+    """Every (size, ratio) cell of the scaling study (or at ``ratios``), sizes in order, ratios ascending."""
     out = []
     schedule = SCHEDULES[p.schedule]
     for size in p.sizes:
         problem = lm_problem(size, p.context, p.batch)
-        for r in p.tokens_per_param:
+        for r in p.tokens_per_param if ratios is None else ratios:
             steps = steps_for_ratio(counted_params(problem.build(0)), r, p.context * p.batch)
             out.append(ScalingCell(size, r, Cell(problem, Budget(steps, p.evals), schedule)))
     return out
@@ -170,7 +176,7 @@ def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
             announce(f"scaling {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param, {c.cell.budget.steps} steps")
             chosen[c.size.tag, c.tokens_per_param] = sweep.cell(c.cell, MAIN, start, seeds=p.seeds(c.size))
 
-    if stages & {"scaling", "ablation", "schedule"}:
+    if stages & {"scaling", "ablation", "schedule", "curve"}:
         scaling([p.sizes[0]])
     if "ablation" in stages:
         a = ablation_cell(p).cell
@@ -184,8 +190,13 @@ def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
         base = chosen[at.size.tag, at.tokens_per_param]
         announce(f"schedule check {c.problem.name}, {c.schedule.label}")
         sweep.cell(c, MAIN, base, seeds=p.seeds(_at(p, p.schedule_cell).size))
-    if "scaling" in stages:
+    if stages & {"scaling", "curve"}:
         scaling(list(p.sizes[1:]))
+    if "curve" in stages:
+        for c in scaling_cells(p, p.adamw_curve):
+            announce(f"AdamW curve {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param")
+            start = {"adamw": chosen[c.size.tag, p.tokens_per_param[-1]]["adamw"]}
+            sweep.cell(c.cell, [], start, seeds=p.seeds(c.size))
     if "problems" in stages:
         for problem in single_problems(p):
             announce(f"problem {problem.name}")

@@ -147,9 +147,11 @@ class ScalingResult:
 
 
 def scaling_results(store: RunStore, p: Protocol) -> list[ScalingResult]:
-    """Summaries of every completed scaling cell, with Wen et al.'s speedups filled in."""
+    """Summaries of every scaling cell with AdamW done (and of AdamW's longer-budget cells),
+    with Wen et al.'s speedups filled in."""
     out = []
-    for c in scaling_cells(p):
+    for c in sorted(scaling_cells(p) + scaling_cells(p, p.adamw_curve),
+                    key=lambda c: (p.sizes.index(c.size), c.tokens_per_param)):
         summaries = summarize(store, c.cell, ["adamw", "muon", "polargrad"])
         if "adamw" in summaries:
             out.append(ScalingResult(c.size.tag, c.cell.problem.title, c.tokens_per_param, c.cell, summaries))
@@ -163,7 +165,7 @@ def scaling_results(store: RunStore, p: Protocol) -> list[ScalingResult]:
     return out
 
 
-def verdict_table(results: list[ScalingResult]) -> str:
+def verdict_table(results: list[ScalingResult], adamw_only: tuple[float, ...] = ()) -> str:
     """Rows: size × ratio; per optimizer its final loss and speedup; the winner."""
     names = ["adamw", "muon", "polargrad"]
     head = ["model", "tokens/param", "steps", *(OPTIMIZERS[n].label.split(" (")[0] for n in names), "winner"]
@@ -175,7 +177,8 @@ def verdict_table(results: list[ScalingResult]) -> str:
             cells.append("—" if s is None else f"{_fmt(s.mean)} ± {s.std:.2g}"
                          + (f" ({s.speedup})" if n != "adamw" and s.speedup is not None else ""))
         best = min(r.summaries.values(), key=lambda s: s.mean)
-        cells.append(best.label.split(" (")[0] if set(names) <= set(r.summaries) else "(incomplete)")
+        cells.append(best.label.split(" (")[0] if set(names) <= set(r.summaries)
+                     else "(AdamW's curve only)" if r.tokens_per_param in adamw_only else "(incomplete)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -225,7 +228,7 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
         parts += ["## Scaling study: verdict", "", "Final validation loss (nats/byte, mean ± sd over seeds) and, "
                   "in brackets, the speedup over AdamW: the AdamW budget reaching the same loss on AdamW's own "
                   "final-loss-vs-budget curve, over this budget (> or <: outside AdamW's measured budgets).", "",
-                  verdict_table(results), ""]
+                  verdict_table(results, p.adamw_curve), ""]
         parts += ["## Where each optimizer loses", "", *losses(results), "",
                   "## Time per step", "", overhead_table(results), ""]
         parts += ["## Scaling study: every cell", ""]
@@ -285,7 +288,7 @@ def _draw(ax: Any, cell: Cell, summaries: dict[str, Summary], colors: dict[str, 
     if start is not None:
         ax.axvline(start, color="k", ls=":", lw=0.8)
         ax.text(start, 1.0, " decay", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
-    if tail:
+    if tail and max(tail) > min(tail):
         lo, hi = min(tail), max(tail)
         pad = 0.1 * (hi - lo) if not log_scale else 0
         ax.set_ylim(lo - pad if not log_scale else lo / 1.5, hi + 3 * pad if not log_scale else hi * 3)

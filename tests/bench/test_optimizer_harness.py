@@ -186,6 +186,8 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     wsd = schedule_cell(protocol)
     assert {r["schedule"]["kind"] for r in runs if r["problem"] == wsd.problem.name} == {"cosine", "wsd"}
     assert any(r["problem"] == "quadratic" for r in runs)
+    for c in scaling_cells(protocol, protocol.adamw_curve):                  # AdamW alone, longer
+        assert list(tunings[c.cell.key]) == ["adamw"] and tunings[c.cell.key]["adamw"]["axes"] == ["lr"]
     for heading in ("Scaling study: verdict", "Polar-factor accuracy ablation", "Schedule check"):
         assert heading in text
     assert (tmp_path / "optimizers_test.md").read_text().strip() == text.strip()
