@@ -40,9 +40,24 @@ sym(WᵀΦ(X)) = 0. Both solvers start from X₀ = −sym(WᵀG), which is exact
 **When neither converges.** The dual optimum often makes G + WX rank deficient when m − n is
 small (3×2, 5×3, 5×4 in the tests; and for low-rank G, as in network training): the optimal Φ
 then has singular values below 1 on that null space, msign(G + WX) jumps there, and both
-iterations stall at a residual of order 1. The returned Φ is still feasible (tangent, ‖Φ‖₂ = 1)
-and ``gap`` bounds how far its objective is from the optimum (the dual value is an upper bound):
-trust ``converged`` and ``gap``, not the iteration count.
+iterations stall at a residual of order 1 (measured: relative gaps of 4–15% after 10 iterations
+on the digits MLP of ``bench/optimizers/stiefel_problems.py``). The returned Φ is still feasible
+(tangent, ‖Φ‖₂ = 1) and ``gap`` bounds how far its objective is from the optimum (the dual value
+is an upper bound): trust ``converged`` and ``gap``, not the iteration count.
+
+- ``"admm"``: for those cases, the alternating direction method of multipliers on the primal
+  (1) split as Φ ∈ tangent space, Ψ ∈ spectral ball, Φ = Ψ (the splitting of Cesista's ADMM
+  experiments; Boyd et al., "Distributed optimization ... ADMM", 2011, §5), in units where G's
+  singular values are O(1), with ρ = 1:
+
+  .. math::
+     \Phi \leftarrow P_T(\Psi - Y + G/\rho), \qquad
+     \Psi \leftarrow \operatorname{clip}_1(\Phi + Y), \qquad Y \leftarrow Y + \Phi - \Psi,   \tag{5}
+
+  clip₁(A) = U min(H, I) for A = UH (one polar factor and one n×n ``eigh``: the same cost as the
+  fixed point). Its dual certificate is X = −sym(Wᵀ(G − ρY)). It converges on every input,
+  rank-deficient optima included (30–80 iterations to a 1e-8 gap on the tests' small matrices,
+  a few hundred on random 128×64), where the fixed point wins on well-conditioned ones.
 
 Every msign is :func:`polarkernels.polar` (``method`` and ``backend`` pass through), so the
 kernels and their accuracy carry over. Both solvers stop when the tangent residual
@@ -74,7 +89,7 @@ from torch import Tensor
 
 from .. import api
 
-SOLVERS = ("dual_ascent", "fixed_point")
+SOLVERS = ("fixed_point", "dual_ascent", "admm")
 
 
 @dataclass(frozen=True)
@@ -82,9 +97,11 @@ class StiefelDirection:
     """The solution of (1) for one matrix or a batch, and how well it was solved.
 
     Attributes:
-        direction: Φ, the shape of ``g``: tangent at ``w`` to rounding, ‖Φ‖₂ = 1 (0 where G = 0).
-        multiplier: X (n×n, symmetric, on the tall side, in the units of G / (‖G‖_F/√n)): pass
-            it back as ``multiplier`` to warm-start the next solve.
+        direction: Φ, the shape of ``g``: tangent at ``w`` to rounding, ‖Φ‖₂ = 1 (0 where the
+            Riemannian gradient P_T(G) is 0).
+        multiplier: the solver's state, in the units of G / (‖P_T(G)‖_F/√n), on the tall side: X
+            (n×n, symmetric) for the fixed point and dual ascent, (Ψ, Y) stacked (…, 2, m, n) for
+            ADMM; pass it back as ``multiplier`` to warm-start the next solve.
         iterations: polar factors computed (the batch runs until its last matrix stops).
         residual: per matrix, ‖sym(WᵀΦ(X))‖_F/√n of the last msign iterate (before projection).
         gap: per matrix, (D(X) − tr(GᵀΦ))/D(X), the relative duality gap of the returned Φ.
@@ -143,12 +160,13 @@ def stiefel_direction(w: Tensor, g: Tensor, *, solver: str = "fixed_point", tol:
     Args:
         w: points on the Stiefel manifold; a batch is solved at once (each matrix its own problem).
         g: gradients (any scale: Φ is invariant to scaling G by a positive number).
-        solver: "fixed_point" (Su) or "dual_ascent" (Bernstein); see the module docstring.
+        solver: "fixed_point" (Su), "dual_ascent" (Bernstein) or "admm"; see the module docstring.
         tol: bound on the tangent residual and the relative duality gap.
         max_iter: cap on iterations (polar factors).
-        step_size: α of dual ascent, in units where G's singular values are O(1) (G is divided
-            by ‖G‖_F/√n first); unused by the fixed point.
-        multiplier: X from a previous solve (a warm start), else X₀ = −sym(WᵀG).
+        step_size: α of dual ascent, in units where P_T(G)'s singular values are O(1) (G is divided
+            by ‖P_T(G)‖_F/√n first); unused by the other solvers.
+        multiplier: the ``multiplier`` of a previous solve (a warm start): X for the fixed
+            point and dual ascent (else X₀ = −sym(WᵀG)), (Ψ, Y) stacked for ADMM (else zeros).
         method, backend: passed to :func:`polarkernels.polar` for every msign.
 
     Returns:
@@ -167,14 +185,18 @@ def stiefel_direction(w: Tensor, g: Tensor, *, solver: str = "fixed_point", tol:
     if wide:
         w, g = w.mT, g.mT
     n = w.shape[-1]
-    # Φ is invariant to G → cG (c > 0): solve in units where G's singular values are O(1).
-    scale = torch.linalg.matrix_norm(g) / math.sqrt(n)
+    # Φ is invariant to G → cG (c > 0) and depends on G only through P_T(G) (tr(GᵀΦ) =
+    # tr(P_T(G)ᵀΦ) for tangent Φ): solve in units where P_T(G)'s singular values are O(1).
+    scale = torch.linalg.matrix_norm(project_tangent(w, g)) / math.sqrt(n)
     nonzero = scale > 0
     g = g / torch.where(nonzero, scale, 1.0)[..., None, None]
     wtg = w.mT @ g
-    if multiplier is not None and multiplier.shape != wtg.shape:
-        raise ValueError(f"multiplier must have shape {tuple(wtg.shape)}, got {tuple(multiplier.shape)}")
-    x = -sym(wtg) if multiplier is None else multiplier.to(g.dtype)
+    expected = (*g.shape[:-2], 2, *g.shape[-2:]) if solver == "admm" else wtg.shape
+    if multiplier is not None and multiplier.shape != expected:
+        raise ValueError(f"multiplier must have shape {tuple(expected)}, got {tuple(multiplier.shape)}")
+    x = -sym(wtg) if multiplier is None or solver == "admm" else multiplier.to(g.dtype)
+    if solver == "admm":
+        return _admm(w, g, wtg, multiplier, nonzero, wide, tol, max_iter, method, backend)
     if w.shape[-2] == n:                                        # square: eq. (4), X = −sym(WᵀG)
         direction = square_direction(w, g, method=method, backend=backend) * nonzero[..., None, None]
         dual = torch.linalg.svdvals(skew(wtg)).sum(-1)               # D(X) = ‖W skew(WᵀG)‖_*
@@ -202,6 +224,30 @@ def stiefel_direction(w: Tensor, g: Tensor, *, solver: str = "fixed_point", tol:
     if wide:
         direction = direction.mT
     return StiefelDirection(direction, x, k + 1, residual, gap, done)
+
+
+def _admm(w: Tensor, g: Tensor, wtg: Tensor, state: Tensor | None, nonzero: Tensor, wide: bool, tol: float,
+          max_iter: int, method: str, backend: str) -> StiefelDirection:
+    """Eq. (5) with ρ = 1 on tall ``w`` and scaled ``g``; ``state`` is (Ψ, Y) stacked at dim −3, or None."""
+    n = w.shape[-1]
+    psi, y = (torch.zeros_like(g), torch.zeros_like(g)) if state is None else state.to(g.dtype).unbind(-3)
+    done = False
+    for k in range(max_iter):
+        phi = project_tangent(w, psi - y + g)
+        u, h = api.polar(phi + y, method=method, backend=backend)
+        lam, v = torch.linalg.eigh(h)
+        psi = u @ (v * lam.clamp(max=1)[..., None, :]) @ v.mT      # clip₁(Φ + Y)
+        y = y + phi - psi
+        residual = tangent_residual(w, psi)
+        direction, _ = _feasible(w, g, psi, h)
+        x = -sym(wtg - w.mT @ y)                                    # X = −sym(Wᵀ(G − ρY))
+        dual = torch.linalg.svdvals(g + w @ x).sum(-1)
+        gap = (dual - (g * direction).sum((-2, -1))) / torch.where(dual > 0, dual, 1.0)
+        if bool((((residual <= tol) & (gap <= tol)) | ~nonzero).all()):
+            done = True
+            break
+    direction = direction * nonzero[..., None, None]
+    return StiefelDirection(direction.mT if wide else direction, torch.stack([psi, y], dim=-3), k + 1, residual, gap, done)
 
 
 def _feasible(w: Tensor, g: Tensor, phi: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
