@@ -1,4 +1,5 @@
-"""The five benchmark problems: three matrix problems from PolarGrad, two small real networks.
+"""The benchmark problems: three matrix problems from PolarGrad, small real networks (an MLP, a
+byte-level transformer and its mixture-of-experts variant).
 
 Every problem builds its data once, deterministically, from a fixed data seed (or from files
 that ship with Python or scikit-learn: nothing is downloaded). A run seed only changes the
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from polarkernels.optim import MatrixView
 
 #: Data seed of the PolarGrad scripts (``seed=42``); the data never depend on the run seed.
 DATA_SEED = 42
@@ -326,17 +329,60 @@ class Block(nn.Module):
         att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              is_causal=True)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, w))
-        return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
+        return x + self.ffn(self.ln2(x))
+
+    def ffn(self, x: Tensor) -> Tensor:
+        """The position-wise MLP."""
+        return self.fc_proj(F.gelu(self.fc(x)))
+
+
+class Experts(nn.Module):
+    """``experts`` GELU MLPs as two (E, out, in) stacks (the layout MoE codebases use): one batched
+    product per layer. ``split_params`` views each stack as E matrices (a user module's 3-D weight)."""
+
+    def __init__(self, experts: int, width: int, hidden: int) -> None:
+        super().__init__()
+        self.w_in = nn.Parameter(torch.empty(experts, hidden, width))
+        self.w_out = nn.Parameter(torch.empty(experts, width, hidden))
+
+    def forward(self, x: Tensor, gates: Tensor) -> Tensor:
+        """Σₑ gₑ(x) · MLPₑ(x) for x (..., width) and gates (..., E); every expert runs densely (small E)."""
+        h = F.gelu(torch.einsum("...w,ehw->...eh", x, self.w_in))
+        return torch.einsum("...eh,ewh,...e->...w", h, self.w_out, gates)
+
+
+class MoEBlock(Block):
+    """:class:`Block` with a top-k mixture of experts for its MLP, and a fused QKV projection that
+    declares its Q, K and V blocks (``matrix_views``), so each is orthogonalized on its own."""
+
+    def __init__(self, width: int, heads: int, experts: int, top_k: int) -> None:
+        super().__init__(width, heads)
+        del self.fc, self.fc_proj
+        self.qkv.matrix_views = {"weight": MatrixView(blocks=("q", "k", "v"))}
+        self.top_k = top_k
+        self.router = nn.Linear(width, experts, bias=False)
+        self.experts = Experts(experts, width, 4 * width)
+
+    def ffn(self, x: Tensor) -> Tensor:
+        logits = self.router(x)
+        top, idx = logits.topk(self.top_k, dim=-1)           # softmax over the k chosen (Mixtral)
+        gates = torch.zeros_like(logits).scatter(-1, idx, top.softmax(-1))
+        return self.experts(x, gates)
 
 
 class CharTransformer(nn.Module):
-    """Byte-level GPT: token + position embeddings, ``layers`` blocks, final LN, untied head."""
+    """Byte-level GPT: token + position embeddings, ``layers`` blocks, final LN, untied head.
 
-    def __init__(self, width: int, layers: int, heads: int, context: int, vocab: int = 256) -> None:
+    With ``experts`` > 0 the blocks are :class:`MoEBlock` (top-``top_k`` of ``experts``).
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, context: int, vocab: int = 256,
+                 experts: int = 0, top_k: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.pos = nn.Embedding(context, width)
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(MoEBlock(width, heads, experts, top_k) if experts else Block(width, heads)
+                                    for _ in range(layers))
         self.ln = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab, bias=False)
 
@@ -358,6 +404,8 @@ class StdlibCharLM(Problem):
 
     name = "stdlib_lm"
     title = "Byte-level transformer LM (2 layers, width 128) on the stdlib sources"
+    #: extra CharTransformer arguments (the MoE variant sets experts)
+    model_options: dict[str, int] = {}
     metric = "val loss (nats/byte)"
     log_scale = False
     budgets = {"full": Budget(200, 10), "quick": Budget(40, 4), "test": Budget(3, 1)}
@@ -384,9 +432,9 @@ class StdlibCharLM(Problem):
 
     def build(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = CharTransformer(self.width, self.layers, self.heads, self.context)
+        model = CharTransformer(self.width, self.layers, self.heads, self.context, **self.model_options)
         for name, p in model.named_parameters():                  # GPT-2 init: N(0, 0.02²)
-            if p.ndim == 2:
+            if p.ndim >= 2:
                 nn.init.normal_(p, std=0.02)
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)
@@ -402,9 +450,20 @@ class StdlibCharLM(Problem):
         return {"loss": float(F.cross_entropy(model(self.val_x).flatten(0, 1), self.val_y.flatten()))}
 
 
+class StdlibMoELM(StdlibCharLM):
+    """:class:`StdlibCharLM` with mixture-of-experts blocks (4 experts, top 2) and fused QKV split
+    into Q, K, V for the polar update: expert stacks and QKV blocks through ``split_params``'
+    defaults. Same data, budgets and lr family as the dense model."""
+
+    name = "stdlib_moe_lm"
+    family = "stdlib_lm"
+    title = "Byte-level MoE transformer LM (2 layers, width 128, 4 experts top 2) on the stdlib sources"
+    model_options = {"experts": 4, "top_k": 2}
+
+
 def _read_bytes(files: list[Path]) -> Tensor:
     return torch.frombuffer(bytearray(b"".join(f.read_bytes() for f in files)), dtype=torch.uint8)
 
 
 PROBLEMS: dict[str, type[Problem]] = {p.name: p for p in (
-    MatrixCompletion, DigitsMLP, QuadraticRegression, LogisticRegression, StdlibCharLM)}
+    MatrixCompletion, DigitsMLP, QuadraticRegression, LogisticRegression, StdlibCharLM, StdlibMoELM)}

@@ -19,8 +19,11 @@ per head                  ``head_dim=64`` (with or without        every block cu
                           e.g. an output projection)
 ========================  =====================================  =========================
 
-Defaults (:func:`view_for`): 2-D weights as they are; weights of ``nn.Conv*`` modules
-flattened; ≥ 3-D weights of other (user) modules are expert stacks. A bare ≥ 3-D tensor
+Defaults (:func:`view_for`): a view the module declares for the parameter in its
+``matrix_views`` attribute (``{"weight": MatrixView(...)}``: a model says once how its fused
+weights split, e.g. ``self.qkv.matrix_views = {"weight": MatrixView(blocks=("q", "k", "v"))}``);
+else 2-D weights as they are; weights of ``nn.Conv*`` modules flattened; ≥ 3-D weights of other
+(user) modules are expert stacks. A bare ≥ 3-D tensor
 with no module known (``PolarGrad(model.parameters())``) is flattened as a conv kernel (the
 behaviour before views existed); :func:`~polarkernels.optim.split_params` knows the modules
 and sends expert stacks to a ``"batch"`` group. ≥ 3-D weights of other ``torch.nn`` modules
@@ -175,14 +178,16 @@ def view_for(param: Tensor, name: str | None = None, module: nn.Module | None = 
              override: MatrixView | Mapping[str, Any] | None = None) -> MatrixView:
     """The view of ``param``: ``override`` if given, else the default by module type and shape.
 
-    Defaults: 2-D → as is; ``nn.Conv*`` weights → flattened; ≥ 3-D weights of modules defined
+    Defaults: the view ``module.matrix_views`` declares under the last component of ``name``;
+    else 2-D → as is; ``nn.Conv*`` weights → flattened; ≥ 3-D weights of modules defined
     outside ``torch.nn`` → expert stacks (``"batch"``); a ≥ 3-D tensor without ``module`` →
     flattened (see the module docstring); ≥ 3-D weights of other ``torch.nn`` modules raise
     ``ValueError``. The view is checked against the shape (a bad split raises, naming ``name``).
     """
     what = f"parameter {name!r}" if name else "parameter"
-    if override is not None:
-        view = MatrixView.from_spec(override)
+    declared = getattr(module, "matrix_views", {}).get(name.rsplit(".", 1)[-1]) if name else None
+    if override is not None or declared is not None:
+        view = MatrixView.from_spec(override if override is not None else declared)
     elif param.ndim <= 2 or module is None or isinstance(module, CONV_MODULES):
         view = MatrixView()
     elif type(module).__module__.startswith("torch."):
