@@ -86,7 +86,7 @@ _TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.
 PROTOCOLS = {
     # sized to ~20 CPU-minutes (0.625-2.5 tokens/param = 1/32-1/8 Chinchilla): the 2-core machine
     # is shared, and this run got 20-50% of one core
-    "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 96, 2, 3)),
+    "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 80, 2, 2)),
                      (0.625, 1.25, 2.5), context=64, batch=16, evals=12, size_seeds=(3, 2), adamw_curve=(5.0,),
                      problems=("stdlib_moe", "stiefel_trace", "stiefel_procrustes", "stiefel_mlp")),
     "quick": Protocol("quick", _TUNING["quick"], (ModelSize("s", 32, 1, 2), ModelSize("m", 48, 1, 2)),
