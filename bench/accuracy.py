@@ -1,10 +1,11 @@
-"""Achieved accuracy of polar() per method and dtype against scipy.linalg.polar (float64).
+"""Achieved accuracy of polar() per method and dtype against scipy.linalg.polar (float64/complex128).
 
     python -m bench.accuracy            # prints the Markdown table the README quotes
 
 Over the shapes and condition numbers of tests/test_polar_vs_scipy.py, reports the worst
-orthogonality ‖UᵀU − I‖_F/√k and backward error ‖A − UH‖_F/‖A‖_F, both in units of ε√max(m, n),
-and the worst forward error ‖U − U_scipy‖_F/√k in units of εκ.
+orthogonality ‖UᴴU − I‖_F/√k and backward error ‖A − UH‖_F/‖A‖_F, both in units of ε√max(m, n),
+and the worst forward error ‖U − U_scipy‖_F/√k in units of εκ (ε of the real part's dtype for
+complex64/complex128; complex inputs have Haar-random unitary singular vectors).
 """
 
 from __future__ import annotations
@@ -22,31 +23,38 @@ CONDS = {"svd": {torch.float64: [1, 1e3, 1e10], torch.float32: [1, 1e3, 1e5]},
          "qdwh": {torch.float64: [1, 1e3, 1e10], torch.float32: [1, 1e3, 1e5]}}
 ITERATIVE = {torch.float64: [1, 1e3, 1e6], torch.float32: [1, 1e3]}
 METHODS = ["svd", "qdwh", "polar_express", "newton_schulz", "muon"]
+DTYPES = [torch.float64, torch.float32, torch.complex128, torch.complex64]
 
 
-def _matrix(m: int, n: int, cond: float, rng: np.random.Generator) -> np.ndarray:
+def _gaussian(rng: np.random.Generator, shape: tuple[int, int], complex: bool) -> np.ndarray:
+    g = rng.standard_normal(shape)
+    return g + 1j * rng.standard_normal(shape) if complex else g
+
+
+def _matrix(m: int, n: int, cond: float, rng: np.random.Generator, complex: bool = False) -> np.ndarray:
     k = min(m, n)
-    p, _ = np.linalg.qr(rng.standard_normal((m, k)))
-    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    return (p * (np.geomspace(1, 1 / cond, k) if k > 1 else np.ones(1))) @ q.T
+    p, _ = np.linalg.qr(_gaussian(rng, (m, k), complex))
+    q, _ = np.linalg.qr(_gaussian(rng, (n, k), complex))
+    return (p * (np.geomspace(1, 1 / cond, k) if k > 1 else np.ones(1))) @ q.conj().T
 
 
 def worst_errors(method: str, dtype: torch.dtype, seed: int = 0) -> tuple[float, float, float, float]:
     """(orthogonality, backward, forward, largest κ) worst cases, in the units of the module doc."""
     rng = np.random.default_rng(seed)
     eps = torch.finfo(dtype).eps
+    wide = torch.complex128 if dtype.is_complex else torch.float64
     worst = [0.0, 0.0, 0.0]
-    conds = CONDS.get(method, {}).get(dtype, ITERATIVE[dtype])
+    conds = CONDS.get(method, {}).get(dtype.to_real(), ITERATIVE[dtype.to_real()])
     for cond in conds:
         for m, n in SHAPES:
-            a64 = _matrix(m, n, cond, rng)
+            a64 = _matrix(m, n, cond, rng, dtype.is_complex)
             u_ref, _ = scipy.linalg.polar(a64)
             a = torch.from_numpy(a64).to(dtype)
-            u, h = (t.double() for t in pk.polar(a, method=method))
-            a = a.double()
+            u, h = (t.to(wide) for t in pk.polar(a, method=method))
+            a = a.to(wide)
             k, big = min(m, n), max(m, n)
-            gram = u.mT @ u if m >= n else u @ u.mT
-            ortho = float(torch.linalg.matrix_norm(gram - torch.eye(k, dtype=torch.float64))) / math.sqrt(k)
+            gram = u.mH @ u if m >= n else u @ u.mH
+            ortho = float(torch.linalg.matrix_norm(gram - torch.eye(k, dtype=wide))) / math.sqrt(k)
             backward = float(torch.linalg.matrix_norm(a - u @ h) / torch.linalg.matrix_norm(a))
             forward = float(torch.linalg.matrix_norm(u - torch.from_numpy(u_ref))) / math.sqrt(k)
             worst[0] = max(worst[0], ortho / (eps * math.sqrt(big)))
@@ -56,10 +64,10 @@ def worst_errors(method: str, dtype: torch.dtype, seed: int = 0) -> tuple[float,
 
 
 def main() -> None:
-    print("| method | dtype | κ up to | ‖UᵀU−I‖/√k [ε√max(m,n)] | ‖A−UH‖/‖A‖ [ε√max(m,n)] | ‖U−U_scipy‖/√k [εκ] |")
+    print("| method | dtype | κ up to | ‖UᴴU−I‖/√k [ε√max(m,n)] | ‖A−UH‖/‖A‖ [ε√max(m,n)] | ‖U−U_scipy‖/√k [εκ] |")
     print("|---|---|---|---|---|---|")
     for method in METHODS:
-        for dtype in (torch.float64, torch.float32):
+        for dtype in DTYPES:
             o, b, f, kmax = worst_errors(method, dtype)
             print(f"| {method} | {str(dtype)[6:]} | {kmax:.0e} | {o:.1f} | {b:.1f} | {f:.1f} |")
 

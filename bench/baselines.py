@@ -1,6 +1,8 @@
 """What users run today to orthogonalize a matrix, as the benchmark's baselines.
 
 - :func:`svd_uvt`: U Vᵀ from ``torch.linalg.svd`` (thin), the exact polar factor.
+- :func:`torch_svd_polar`: U and H from ``torch.linalg.svd``, the polar decomposition a torch
+  user writes without this package (the peer ``polar()`` must not lose to on CPU).
 - :func:`scipy_polar`: ``scipy.linalg.polar`` (CPU; one call per matrix, as it takes no batch).
 - :func:`torch_muon`: ``torch.optim.Muon``'s orthogonalization,
   ``torch.optim._muon._zeropower_via_newtonschulz`` (bfloat16 always, 2-D only), when this torch
@@ -37,6 +39,13 @@ def svd_uvt(g: Tensor) -> Tensor:
     work = g.float() if g.dtype in (torch.bfloat16, torch.float16) else g
     u, _, vh = torch.linalg.svd(work, full_matrices=False)
     return (u @ vh).to(g.dtype)
+
+
+def torch_svd_polar(g: Tensor) -> tuple[Tensor, Tensor]:
+    """(U, H) = (P Qᴴ, Q Σ Qᴴ) from ``torch.linalg.svd`` of G = P Σ Qᴴ, batched."""
+    p, s, qh = torch.linalg.svd(g, full_matrices=False)
+    h = (qh.mH * s[..., None, :]) @ qh
+    return p @ qh, (h + h.mH) / 2
 
 
 def scipy_polar(g: Tensor) -> Tensor:

@@ -26,7 +26,9 @@ from . import baselines
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 POLAR_METHODS = ("auto", "svd", "qdwh", "polar_express", "newton_schulz", "muon")
 ORTHOGONALIZE_METHODS = ("polar_express", "muon", "newton_schulz", "qdwh")
-BASELINES = ("torch_svd", "scipy_polar", "torch_muon", "kj_muon")
+BASELINES = ("torch_svd", "torch_svd_polar", "scipy_polar", "jax_polar", "torch_muon", "kj_muon")
+#: Baselines that run in a process of their own (bench.jax_peer), not as a Candidate here.
+OWN_PROCESS_BASELINES = ("jax_polar",)
 #: Backends worth timing per device. On CPU the Triton kernels run only in Triton's interpreter
 #: (a correctness tool, ~1000× slower), so they are not timed there.
 DEVICE_BACKENDS = {"cpu": ("torch", "blas"), "cuda": ("torch", "triton", "cuda")}
@@ -157,6 +159,9 @@ def build_candidates(device: torch.device, *, polar_dtypes: Sequence[torch.dtype
     for dtype in polar_dtypes:
         if "torch_svd" in baseline_names:
             out.append(Candidate("torch.linalg.svd U Vh", "polar", "svd", "-", dtype, baselines.svd_uvt, role="svd"))
+        if "torch_svd_polar" in baseline_names:
+            out.append(Candidate("torch.linalg.svd polar (U, H)", "polar", "torch_svd_polar", "-", dtype,
+                                 _torch_svd_polar_u, hermitian=True))
         if "scipy_polar" in baseline_names:
             if device.type == "cpu":
                 out.append(Candidate("scipy.linalg.polar", "polar", "scipy_polar", "-", dtype,
@@ -210,6 +215,11 @@ def build_candidates(device: torch.device, *, polar_dtypes: Sequence[torch.dtype
     if "blas" in names and torch.bfloat16 in orthogonalize_dtypes:
         skipped.append("backend blas: no bfloat16 routines (float32/float64 only)")
     return out, skipped
+
+
+def _torch_svd_polar_u(a: Tensor) -> Tensor:
+    """U of :func:`baselines.torch_svd_polar` (which computes H too)."""
+    return baselines.torch_svd_polar(a)[0]
 
 
 def _polar_auto(a: Tensor) -> Tensor:

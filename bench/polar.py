@@ -7,7 +7,9 @@
 
 Times ``polarkernels.polar`` (converged, with H) and ``polarkernels.orthogonalize`` (fixed steps;
 ``orthogonalize_many`` on the model workload) for every method and usable backend, next to
-``torch.linalg.svd`` U Vᵀ, ``scipy.linalg.polar`` (CPU), torch.optim.Muon's orthogonalization
+``torch.linalg.svd`` U Vᵀ and (U, H), ``scipy.linalg.polar`` (CPU), ``jax.scipy.linalg.polar``
+(CPU, QDWH and SVD, in a process of its own: :mod:`bench.jax_peer`; skipped with a note when JAX
+is not installed), torch.optim.Muon's orthogonalization
 (bfloat16), a plain-torch copy of KellerJordan/Muon's 5-step quintic, and the latter two under
 ``torch.compile``. For each: median and IQR of the timed runs after a warm-up (CUDA events on
 GPU, perf_counter on CPU), the FLOPs the method needs (:mod:`bench.flops`), achieved FLOP/s and
@@ -37,7 +39,7 @@ from tqdm import tqdm
 
 from polarkernels.svd import svd_polar
 
-from . import cases, flops, report
+from . import cases, flops, jax_peer, report
 from .timing import Budget, measure
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -206,7 +208,7 @@ class Runner:
         return total, details
 
     def _count_one(self, cand: cases.Candidate, workload: cases.Workload, x: Tensor, m: int, n: int) -> flops.Count:
-        if cand.method in ("svd", "scipy_polar"):
+        if cand.method in ("svd", "scipy_polar", "torch_svd_polar"):
             extra = flops.hermitian_from_svd(m, n) if cand.hermitian else 0.0
             return flops.Count(flops.svd_uvt(m, n) + extra)
         key = (workload.name, x.shape, cand.family, cand.method, cand.steps,
@@ -308,6 +310,29 @@ def _speedups(rows: list[dict[str, Any]]) -> None:
         r["speedup_vs_muon"] = None if t_muon is None else t_muon / r["median_s"]
 
 
+def _run_jax_peer(runner: Runner, device: torch.device, workloads: list[cases.Workload],
+                  dtypes: list[torch.dtype], budget: Budget, args: argparse.Namespace) -> None:
+    """JAX's polar on the polar() workloads, timed in its own process (:mod:`bench.jax_peer`)."""
+    if device.type != "cpu":
+        runner.skipped.append("peer jax.scipy.linalg.polar: timed on CPU only (its GPU build is another install)")
+        return
+    ok, note = jax_peer.available()
+    if not ok:
+        runner.skipped.append(f"peer jax.scipy.linalg.polar: {note}")
+        return
+    specs = [{"name": w.name, "kind": w.kind, "groups": [list(g) for g in w.groups], "stacked": w.stacked}
+             for w in workloads if w.kind != "model"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = jax_peer.run_peer(specs, [cases.dtype_name(d) for d in dtypes],
+                                 {**vars(budget), "cooldown_s": 0.2}, args.seed, args.out / "jax_rows.json")
+    except RuntimeError as exc:
+        runner.skipped.append(f"peer jax.scipy.linalg.polar: {exc}")
+        return
+    runner.rows += rows
+    _speedups(runner.rows)
+
+
 def _limit_threads(n: int) -> None:
     """torch's intra-op threads and every BLAS library's (scipy's OpenBLAS too), where readable."""
     torch.set_num_threads(n)
@@ -359,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
               "multi-threaded BLAS stalls on them (10-100x slower small products); --threads 1 gives "
               "steadier figures", file=sys.stderr)
     runner.run(workloads, candidates)
+    if "jax_polar" in _names(args.baselines):
+        _run_jax_peer(runner, device, workloads, polar_dtypes, budget, args)
     elapsed = time.perf_counter() - t0
     env["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -379,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
           "the KellerJordan quintic on the same workload and dtype (> 1 is faster). Accuracy vs the float64 "
           "SVD polar factor of the same input.")
     print(report.markdown_table(runner.rows))
-    if summary := report.auto_vs_scipy(runner.rows):
-        print("\npolar() with every default vs scipy.linalg.polar (×: scipy time / polar time):")
+    if summary := report.auto_vs_peers(runner.rows):
+        print("\npolar() with every default vs its CPU peers (×: peer time / polar time; > 1: polar() faster):")
         print("\n".join(summary))
     if runner.skipped:
         print("\nSkipped:")

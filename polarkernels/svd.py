@@ -30,6 +30,8 @@ LAPACK_MIN_SIDE = 512
 
 def svd_polar(a: Tensor) -> Tensor:
     """U = P Qᴴ for A = P Σ Qᴴ, batched over leading dims; real or complex (half is upcast)."""
+    if a.shape[-2] < a.shape[-1]:
+        return svd_polar(a.mH).mH   # the SVD of the tall Aᴴ (see :func:`svd_polar_decomposition`)
     work = _working(a)
     if _use_lapack(work):
         return _lapack_polar(work)[0].to(a.dtype)
@@ -48,6 +50,11 @@ def svd_polar_decomposition(a: Tensor, side: str = "right") -> tuple[Tensor, Ten
     """
     if side not in ("right", "left"):
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+    if a.shape[-2] < a.shape[-1]:
+        # Wide A: decompose the tall Aᴴ = H Uᴴ (the other side, the same H). LAPACK's SVD of a
+        # wide matrix was 1.6–2.6× slower than of its transpose here (bench/RESULTS.md).
+        u, h = svd_polar_decomposition(a.mH, "left" if side == "right" else "right")
+        return u.mH, h
     work = _working(a)
     if _use_lapack(work):
         u, h = _lapack_polar(work, side)
@@ -75,7 +82,7 @@ def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | 
     calls is single-threaded NumPy: no other thread pool (torch's OpenMP, NumPy's own OpenBLAS)
     runs in between (see :func:`polarkernels.backends.blas._copy` for what that costs).
     """
-    flat = a.detach().reshape(-1, *a.shape[-2:]).numpy()
+    flat = a.detach().resolve_conj().reshape(-1, *a.shape[-2:]).numpy()
     m, n = flat.shape[1:]
     k = min(m, n)
     gemm = scipy.linalg.blas.get_blas_funcs("gemm", (flat,))
