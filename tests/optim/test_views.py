@@ -175,3 +175,20 @@ def test_view_group_checkpoint_loads_weights_only():
                  adamw_lr=3e-4)
     again.load_state_dict(state)
     assert [g.get("view") for g in again.param_groups] == [g.get("view") for g in opt.param_groups]
+
+
+def test_a_group_carries_its_view():
+    """A hand-written group takes a MatrixView (stored as plain data); a view that does not fit raises."""
+    stack = nn.Parameter(torch.randn(3, 4, 6, dtype=torch.float64))
+    opt = PolarGrad([{"params": [stack], "algorithm": "polar", "view": MatrixView("batch")}], lr=0.1, **EXACT)
+    assert opt.param_groups[0]["view"] == MatrixView("batch").spec()
+    w0 = stack.detach().clone()
+    stack.grad = torch.randn_like(stack)
+    opt.step()
+    for update in stack.detach() - w0:
+        # As in test_every_expert_update_is_orthogonal: one float64 SVD polar factor per expert.
+        assert singular_value_spread(update) < 1e-12
+    with pytest.raises(ValueError, match=r"\(3, 4, 6\) \(rows: 4\) does not split into 3 equal blocks"):
+        PolarGrad([{"params": [stack], "algorithm": "polar", "view": MatrixView("batch", ("q", "k", "v"))}])
+    with pytest.raises(TypeError, match="a view is a MatrixView, its spec\\(\\) dict or None, got str"):
+        PolarGrad([{"params": [stack], "algorithm": "polar", "view": "batch"}])
