@@ -176,8 +176,8 @@ def build_candidates(device: torch.device, *, polar_dtypes: Sequence[torch.dtype
             if method not in POLAR_METHODS or method == "auto":
                 continue
             for backend in names:
-                if method == "svd" and backend != "torch":
-                    continue  # the SVD has no backend choice: timed once, with "torch"
+                if method == "svd" and backend not in ("torch", "blas"):
+                    continue  # the SVD runs on torch.linalg.svd or (blas) SciPy's LAPACK
                 fn = partial(_polar_u, method=method, backend=backend)
                 out.append(Candidate(f"polar({method}, {backend})", "polar", method, backend, dtype, fn,
                                      hermitian=True))

@@ -88,8 +88,7 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
         method = auto_polar_method(work.device)
     with torch.no_grad():  # nothing per iteration is recorded: polar_backward differentiates the result
         if method == "svd":
-            _require_torch_backend(method, backend, work)
-            u, h = svd_polar_decomposition(work.detach(), side)
+            u, h = svd_polar_decomposition(work.detach(), side, _svd_route(backend, work))
         else:
             u = _polar_factor(work.detach(), method, backend, steps, tol)
             h = _hermitian_factor(u, work.detach(), side)
@@ -205,9 +204,8 @@ def _polar_factor(x: Tensor, method: str, backend: str, steps: int | None, tol: 
 def _orthogonalize_tensor(x: Tensor, method: str, steps: int, backend: str, gram: bool = False) -> Tensor:
     """Fixed-step U in ``x.dtype`` (QDWH/SVD upcast half precision)."""
     if method == "svd":
-        _require_torch_backend(method, backend, x)
         nonzero = x.abs().amax(dim=(-2, -1), keepdim=True) > 0
-        return svd_polar(x) * nonzero
+        return svd_polar(x, _svd_route(backend, x)) * nonzero
     ops = backends.get_ops(backends.resolve(backend, x))
     if method == "qdwh":
         work = x.to(torch.float32) if x.dtype in _HALF else x
@@ -287,7 +285,12 @@ def _check_finite(x: Tensor, what: str) -> None:
         raise ValueError(f"{what} must not contain infs or NaNs{where}")
 
 
-def _require_torch_backend(method: str, backend: str, x: Tensor) -> None:
-    if backend not in ("auto", "torch"):
-        backends.resolve(backend, x)  # unknown names raise here
-        raise ValueError(f"method {method!r} runs on the 'torch' backend only, not {backend!r}")
+def _svd_route(backend: str, x: Tensor) -> str:
+    """The SVD's route for ``backend`` (:mod:`polarkernels.svd`): "auto", "torch" (torch.linalg.svd)
+    or, for backend="blas", "lapack" (SciPy's ``?gesdd`` and BLAS)."""
+    if backend in ("auto", "torch"):
+        return backend
+    backends.resolve(backend, x)  # unknown names (and complex on real-only backends) raise here
+    if backend != "blas":
+        raise ValueError(f"method 'svd' runs on the 'torch' or 'blas' (SciPy LAPACK) backend, not {backend!r}")
+    return "lapack"

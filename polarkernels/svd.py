@@ -6,9 +6,11 @@
 Backward stable and accurate for any condition number, rank-deficient inputs included (U is then
 one of the many valid factors: LAPACK's choice of singular vectors for σ = 0). Slow on GPUs.
 
-Who computes the SVD: ``torch.linalg.svd``, except for CPU matrices with min(m, n) ≥
-:data:`LAPACK_MIN_SIDE` outside autograd, which go to SciPy's LAPACK ``?gesdd``: the routine
-``scipy.linalg.polar`` itself calls, so ``polar(method="svd")`` is not slower than scipy there.
+Who computes the SVD (``route``): ``"torch"`` is ``torch.linalg.svd`` (MKL on x86 CPU wheels,
+cuSOLVER on CUDA); ``"lapack"`` is SciPy's LAPACK ``?gesdd`` (CPU), the routine
+``scipy.linalg.polar`` itself calls, with every product in SciPy's BLAS; ``"auto"`` takes the
+LAPACK route for CPU matrices with min(m, n) ≥ :data:`LAPACK_MIN_SIDE` outside autograd, the
+torch route otherwise. Wide matrices are decomposed through the tall Aᴴ on either route.
 """
 
 from __future__ import annotations
@@ -21,25 +23,28 @@ from torch import Tensor
 
 from .backends import blas
 
-#: CPU matrices at least this large (min side) take SciPy's ``?gesdd``. Measured on the 2-core
-#: AMD EPYC (torch 2.13 links MKL, SciPy OpenBLAS; bench/RESULTS.md): SciPy 1.1–1.5× faster
-#: from 512 up (1.46× at 2048² float32); below 512 the two tie on one matrix and torch's batched
-#: call wins on batches (256×32² took 56 ms batched vs 73 ms looped).
-LAPACK_MIN_SIDE = 512
+#: ``route="auto"`` takes SciPy's ``?gesdd`` for CPU matrices at least this large (min side);
+#: ``None``: never. The last session measured SciPy 1.1–1.5× faster from 512 up, but with torch's
+#: SVD timed in the same process right after SciPy's OpenBLAS (whose spinning workers slow the
+#: next torch call); timed without that interference (one thread, or each library in its own
+#: process, issue 12) torch's MKL SVD was 1.0–1.3× faster at 512–2048 (bench/RESULTS.md), so
+#: ``auto`` stays on torch and ``polar(method="svd", backend="blas")`` asks for SciPy's.
+LAPACK_MIN_SIDE: int | None = None
+ROUTES = ("auto", "torch", "lapack")
 
 
-def svd_polar(a: Tensor) -> Tensor:
+def svd_polar(a: Tensor, route: str = "auto") -> Tensor:
     """U = P Qᴴ for A = P Σ Qᴴ, batched over leading dims; real or complex (half is upcast)."""
     if a.shape[-2] < a.shape[-1]:
-        return svd_polar(a.mH).mH   # the SVD of the tall Aᴴ (see :func:`svd_polar_decomposition`)
+        return svd_polar(a.mH, route).mH   # the SVD of the tall Aᴴ (see :func:`svd_polar_decomposition`)
     work = _working(a)
-    if _use_lapack(work):
+    if _use_lapack(work, route):
         return _lapack_polar(work)[0].to(a.dtype)
     p, _, qh = torch.linalg.svd(work, full_matrices=False)
     return (p @ qh).to(a.dtype)
 
 
-def svd_polar_decomposition(a: Tensor, side: str = "right") -> tuple[Tensor, Tensor]:
+def svd_polar_decomposition(a: Tensor, side: str = "right", route: str = "auto") -> tuple[Tensor, Tensor]:
     """(U, H) with A = U H (side="right", H = Q Σ Qᴴ, n×n) or A = H U (side="left", H = P Σ Pᴴ).
 
     H is formed from the singular triplets, as scipy.linalg.polar does, and is exactly
@@ -53,10 +58,10 @@ def svd_polar_decomposition(a: Tensor, side: str = "right") -> tuple[Tensor, Ten
     if a.shape[-2] < a.shape[-1]:
         # Wide A: decompose the tall Aᴴ = H Uᴴ (the other side, the same H). LAPACK's SVD of a
         # wide matrix was 1.6–2.6× slower than of its transpose here (bench/RESULTS.md).
-        u, h = svd_polar_decomposition(a.mH, "left" if side == "right" else "right")
+        u, h = svd_polar_decomposition(a.mH, "left" if side == "right" else "right", route)
         return u.mH, h
     work = _working(a)
-    if _use_lapack(work):
+    if _use_lapack(work, route):
         u, h = _lapack_polar(work, side)
         return u.to(a.dtype), h.to(a.dtype)
     p, s, qh = torch.linalg.svd(work, full_matrices=False)
@@ -68,9 +73,17 @@ def _working(a: Tensor) -> Tensor:
     return a if a.dtype in (torch.float32, torch.float64) or a.is_complex() else a.float()
 
 
-def _use_lapack(a: Tensor) -> bool:
-    """SciPy's LAPACK for large CPU matrices outside autograd (NumPy carries no gradients)."""
-    return a.device.type == "cpu" and not a.requires_grad and min(a.shape[-2:]) >= LAPACK_MIN_SIDE
+def _use_lapack(a: Tensor, route: str = "auto") -> bool:
+    """Whether ``route`` means SciPy's LAPACK for ``a`` (see the module docstring); NumPy carries no
+    gradients, so ``auto`` keeps inputs that require grad in torch."""
+    if route not in ROUTES:
+        raise ValueError(f"unknown SVD route {route!r}; expected one of {ROUTES}")
+    if route == "lapack":
+        if a.device.type != "cpu":
+            raise ValueError(f"the LAPACK route (backend='blas') needs CPU tensors, got {a.device}")
+        return True
+    return (route == "auto" and LAPACK_MIN_SIDE is not None and a.device.type == "cpu"
+            and not a.requires_grad and min(a.shape[-2:]) >= LAPACK_MIN_SIDE)
 
 
 def _lapack_polar(a: Tensor, side: str | None = None) -> tuple[Tensor, Tensor | None]:

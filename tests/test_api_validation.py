@@ -90,8 +90,8 @@ def test_orthogonalize_rejects_bad_options(kwargs, exc, match):
         pk.orthogonalize(torch.randn(3, 3), **kwargs)
 
 
-def test_svd_has_only_the_torch_backend():
-    with pytest.raises(ValueError, match="torch' backend only"):
+def test_svd_runs_on_torch_or_blas_only():
+    with pytest.raises(ValueError, match="runs on the 'torch' or 'blas'"):
         pk.polar(torch.randn(3, 3), method="svd", backend="triton")
 
 
