@@ -13,14 +13,17 @@ A protocol runs up to four studies (``--stages``), each a set of cells tuned by
   learning rate from the main variant's choice there.
 - ``schedule``: AdamW, Muon and PolarGrad at one scaling cell under WSD instead of cosine,
   learning rate re-tuned from the cosine choice.
+- ``moe``: the mixture-of-experts variant of the transformer (``StdlibMoELM``) at the ablation's
+  size and budget, AdamW, Muon and PolarGrad re-tuning the learning rate from the dense model's
+  choice there (same family, same data, same steps).
 - ``curve``: AdamW alone at longer budgets (``adamw_curve`` tokens/param), learning rate
   re-tuned from its choice at the largest ratio: more of AdamW's loss-vs-budget curve, so that an
   optimizer ending below AdamW's loss at the largest ratio gets a speedup rather than a bound.
 - ``problems``: single-budget problems of :data:`bench.optimizers.problems.PROBLEMS` (each at
   its own ``budgets[mode]``), full descent, every optimizer that has a starting point for it.
 
-Order: scaling at the smallest size, the ablation, the schedule check, the larger sizes, AdamW's
-curve, the problems, so that an interrupted run has answered the most questions.
+Order: scaling at the smallest size, the ablation, the schedule check, the larger sizes, the MoE
+variant, AdamW's curve, the problems, so that an interrupted run has answered the most questions.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .scaling import ModelSize, counted_params, steps_for_ratio
 from .schedules import SCHEDULES
 from .sweep import Cell, Sweep, Tuning
 
-STAGES = ("scaling", "ablation", "schedule", "curve", "problems")
+STAGES = ("scaling", "ablation", "schedule", "moe", "curve", "problems")
 MAIN = ("adamw", "muon", "polargrad")
 
 
@@ -62,6 +65,8 @@ class Protocol:
     problems: tuple[str, ...] = ()
     #: seeds per model size where fewer than ``tuning.seeds`` (the larger sizes cost most)
     size_seeds: tuple[int, ...] = ()
+    #: the mixture-of-experts variant run at the ablation's cell (a name in PROBLEMS, or None)
+    moe: str | None = "stdlib_moe_lm"
     #: longer budgets (tokens/param) at which AdamW alone extends its loss-vs-budget curve
     adamw_curve: tuple[float, ...] = ()
 
@@ -75,7 +80,7 @@ class Protocol:
                 "evals": self.evals, "schedule": SCHEDULES[self.schedule].as_dict(),
                 "ablation_cell": self.ablation_cell, "ablation": self.ablation, "schedule_cell": self.schedule_cell,
                 "schedule_check": SCHEDULES[self.schedule_check].as_dict(), "problems": self.problems,
-                "size_seeds": self.size_seeds, "adamw_curve": self.adamw_curve}
+                "size_seeds": self.size_seeds, "adamw_curve": self.adamw_curve, "moe": self.moe}
 
 
 _TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0), runs=12, retune_runs=4,
@@ -88,7 +93,7 @@ PROTOCOLS = {
     # is shared, and this run got 20-50% of one core
     "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 80, 2, 2)),
                      (0.625, 1.25, 2.5), context=64, batch=16, evals=12, size_seeds=(3, 2), adamw_curve=(5.0,),
-                     problems=("stdlib_moe", "stiefel_trace", "stiefel_procrustes", "stiefel_mlp")),
+                     problems=()),
     "quick": Protocol("quick", _TUNING["quick"], (ModelSize("s", 32, 1, 2), ModelSize("m", 48, 1, 2)),
                       (0.25, 0.5, 1.0), context=32, batch=8, evals=6, ablation_cell=("s", 0),
                       problems=("quadratic",)),
@@ -143,6 +148,20 @@ def schedule_cell(p: Protocol) -> Cell:
     return Cell(base.problem, base.budget, SCHEDULES[p.schedule_check])
 
 
+def moe_cell(p: Protocol) -> Cell | None:
+    """The MoE variant at the ablation's model size, context, batch and step budget."""
+    if p.moe is None or p.moe not in PROBLEMS:
+        return None
+    size, dense = ablation_cell(p).size, ablation_cell(p).cell
+    problem = PROBLEMS[p.moe](width=size.width, layers=size.layers, heads=size.heads, context=p.context,
+                              batch=p.batch)
+    problem.name = f"{p.moe}_{size.tag}"
+    options = problem.model_options
+    problem.title = (f"{problem.title.split(' (')[0]} ({size.layers} layer{'s' * (size.layers > 1)}, width "
+                     f"{size.width}, {options.get('experts')} experts top {options.get('top_k')})")
+    return Cell(problem, dense.budget, dense.schedule)
+
+
 def single_problems(p: Protocol) -> list[Problem]:
     return [PROBLEMS[name]() for name in p.problems if name in PROBLEMS]
 
@@ -176,7 +195,7 @@ def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
             announce(f"scaling {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param, {c.cell.budget.steps} steps")
             chosen[c.size.tag, c.tokens_per_param] = sweep.cell(c.cell, MAIN, start, seeds=p.seeds(c.size))
 
-    if stages & {"scaling", "ablation", "schedule", "curve"}:
+    if stages & {"scaling", "ablation", "schedule", "moe", "curve"}:
         scaling([p.sizes[0]])
     if "ablation" in stages:
         a = ablation_cell(p).cell
@@ -192,6 +211,10 @@ def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
         sweep.cell(c, MAIN, base, seeds=p.seeds(_at(p, p.schedule_cell).size))
     if stages & {"scaling", "curve"}:
         scaling(list(p.sizes[1:]))
+    if "moe" in stages and (moe := moe_cell(p)) is not None:
+        at = ablation_cell(p)
+        announce(f"MoE {moe.problem.name}, {moe.budget.steps} steps")
+        sweep.cell(moe, MAIN, chosen[at.size.tag, at.tokens_per_param], seeds=p.seeds(at.size))
     if "curve" in stages:
         for c in scaling_cells(p, p.adamw_curve):
             announce(f"AdamW curve {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param")

@@ -22,8 +22,8 @@ import torch
 import polarkernels
 
 from .optimizers import OPTIMIZERS, PolarFactor, Setting
-from .protocol import (Protocol, ablation_cell, problem_optimizers, scaling_cells, schedule_cell, single_cell,
-                       single_problems)
+from .protocol import (Protocol, ablation_cell, moe_cell, problem_optimizers, scaling_cells, schedule_cell,
+                       single_cell, single_problems)
 from .scaling import Speedup, adamw_equivalent_speedup
 from .store import RunStore
 from .sweep import Cell, final_loss
@@ -256,6 +256,17 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
         parts += ["## Schedule check", "", cell_table(f"{sc.problem.title}: {sc.budget.steps} steps, "
                                                       f"{sc.schedule.label}", metric, sched, speedups=False), ""]
         plot_cells(out / f"optimizers_{p.mode}_schedule.png", f"{sc.schedule.label}", sc, sched)
+    moe = moe_cell(p)
+    moe_summaries = summarize(store, moe, ["adamw", "muon", "polargrad"]) if moe is not None else {}
+    if moe_summaries:
+        dense = summarize(store, a.cell, ["adamw", "muon", "polargrad"])
+        parts += ["## Mixture-of-experts variant", "",
+                  "Same size, data, steps and schedule as the dense model's cell of the ablation (dense final "
+                  "losses: " + ", ".join(f"{s.label.split(' (')[0]} {_fmt(s.mean)} ± {s.std:.2g}"
+                                         for s in dense.values()) + ").", "",
+                  cell_table(f"{moe.problem.title}: {moe.budget.steps} steps, {moe.schedule.label}", metric,
+                             moe_summaries, speedups=False), ""]
+        plot_cells(out / f"optimizers_{p.mode}_moe.png", moe.problem.title, moe, moe_summaries)
     for problem in single_problems(p):
         c = single_cell(p, problem)
         summaries = summarize(store, c, list(problem_optimizers(problem)) + ["adamw"])

@@ -13,7 +13,7 @@ from bench.optimizers import sweep
 from bench.optimizers.__main__ import run_benchmark
 from bench.optimizers.optimizers import ABLATION, OPTIMIZERS, OptimizerSpec, Setting
 from bench.optimizers.problems import Budget, QuadraticRegression
-from bench.optimizers.protocol import PROTOCOLS, ablation_cell, scaling_cells, schedule_cell
+from bench.optimizers.protocol import PROTOCOLS, ablation_cell, moe_cell, scaling_cells, schedule_cell
 from bench.optimizers.runner import run
 from bench.optimizers.scaling import adamw_equivalent_speedup, counted_params, steps_for_ratio
 from bench.optimizers.schedules import SCHEDULES, LRSchedule
@@ -188,10 +188,13 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert any(r["problem"] == "quadratic" for r in runs)
     for c in scaling_cells(protocol, protocol.adamw_curve):                  # AdamW alone, longer
         assert list(tunings[c.cell.key]) == ["adamw"] and tunings[c.cell.key]["adamw"]["axes"] == ["lr"]
-    for heading in ("Scaling study: verdict", "Polar-factor accuracy ablation", "Schedule check"):
+    moe = moe_cell(protocol)                       # the MoE variant, at the ablation's size and steps
+    assert set(tunings[moe.key]) == {"adamw", "muon", "polargrad"} and moe.budget == ablation_cell(protocol).cell.budget
+    for heading in ("Scaling study: verdict", "Polar-factor accuracy ablation", "Schedule check",
+                    "Mixture-of-experts variant"):
         assert heading in text
     assert (tmp_path / "optimizers_test.md").read_text().strip() == text.strip()
-    for name in ("lm_s", "lm_m", "ablation", "schedule", "quadratic"):
+    for name in ("lm_s", "lm_m", "ablation", "schedule", "moe", "quadratic"):
         assert (tmp_path / f"optimizers_test_{name}.png").stat().st_size > 0
     capsys.readouterr()
 
