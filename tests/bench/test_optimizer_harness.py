@@ -228,3 +228,14 @@ def test_cli_validates_names_and_reports_from_an_empty_store(tmp_path, capsys):
     assert main(["--quick", "--report-only", "--out", str(tmp_path)]) == 0     # nothing recorded: headings only
     assert "quick protocol" in capsys.readouterr().out
     assert not (tmp_path / "optimizers_quick.json").exists()                    # no run, no file
+
+
+def test_step_cost_measures_cpu_time_per_step():
+    from bench.optimizers.step_cost import markdown, step_cost
+
+    problem = scaling_cells(PROTOCOLS["test"])[0].cell.problem
+    results = {"s": {name: step_cost(problem, name, steps=2) for name in ("adamw", "muon")}}
+    for r in results["s"].values():
+        assert 0 < r["optimizer_ms_per_step"] <= r["ms_per_step"]
+    table = markdown(results)
+    assert "| s | AdamW |" in table and table.count("\n") == 3 and "1.00× |" in table
