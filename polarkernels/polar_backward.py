@@ -4,7 +4,8 @@
 and hands them to :func:`attach`, whose :class:`PolarFunction` gives U and H the derivative of
 the exact factors. The rule depends only on the converged (U, H), so every method (SVD, QDWH,
 the polynomial iterations) gets the same gradient, memory does not grow with the step count,
-and a backward costs one k×k Hermitian eigendecomposition (k = min(m, n)) and a few products.
+and a backward costs one k×k Hermitian eigendecomposition (k = min(m, n)), three m×k by k×k
+products and eight k×k ones.
 
 Derivation (tall or square A, m ≥ k = n; A = U H, UᴴU = I, H = (AᴴA)^½ Hermitian PSD).
 Differentiating A = U H and UᴴU = I:
@@ -135,9 +136,9 @@ def _core(a: Tensor, u: Tensor, h: Tensor, side: str) -> tuple[bool, bool, Tenso
     return wide, core_h, ac, uc, hc
 
 
-def _spectrum(hc: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """H = V diag(σ) Vᴴ with σ ≤ tol set to 0, the weights 1/(σᵢ + σⱼ) (0 where σᵢ = σⱼ = 0),
-    the differences σᵢ − σⱼ and the pseudo-inverse's diagonal 1/σ (0 where σ = 0)."""
+def _spectrum(hc: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """V of H = V diag(σ) Vᴴ and, with σ ≤ tol set to 0, the weights 1/(σᵢ + σⱼ) (0 where
+    σᵢ = σⱼ = 0), the differences σᵢ − σⱼ and the pseudo-inverse's diagonal 1/σ (0 where σ = 0)."""
     sigma, v = torch.linalg.eigh(hc)
     k = hc.shape[-1]
     tol = max(m, k) * torch.finfo(sigma.dtype).eps * sigma[..., -1:].clamp_min(0)
@@ -150,12 +151,12 @@ def _spectrum(hc: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tenso
     diff = sigma[..., :, None] - sigma[..., None, :]
     nonzero = sigma > 0
     inv = torch.where(nonzero, 1 / torch.where(nonzero, sigma, torch.ones_like(sigma)), torch.zeros_like(sigma))
-    return v.to(hc.dtype), weight, diff, inv, sigma
+    return v, weight, diff, inv
 
 
 def _pinv(v: Tensor, inv: Tensor) -> Tensor:
     """H⁺ = V diag(1/σ) Vᴴ."""
-    return (v * inv[..., None, :].to(v.dtype)) @ v.mH
+    return (v * inv[..., None, :]) @ v.mH
 
 
 def _vjp(a: Tensor, u: Tensor, h: Tensor, gu: Tensor, gh: Tensor, side: str) -> Tensor:
@@ -167,11 +168,11 @@ def _vjp(a: Tensor, u: Tensor, h: Tensor, gu: Tensor, gh: Tensor, side: str) -> 
         gh_uc = gh @ uc
         guc = guc + (gh_uc + gh.mH @ uc) @ hc
         ghc = uc.mH @ gh_uc
-    v, weight, diff, inv, _ = _spectrum(hc, ac.shape[-2])
+    v, weight, diff, inv = _spectrum(hc, ac.shape[-2])
     ug = uc.mH @ guc                                                   # UᴴgU
     skew = v.mH @ (ug - ug.mH) @ v                                     # (UᴴgU − gUᴴU)~
     gh_t = v.mH @ _herm(ghc) @ v                                       # g̃H
-    c = (skew + diff.to(skew.dtype) * gh_t) * weight.to(skew.dtype) + gh_t   # (4)
+    c = (skew + diff * gh_t) * weight + gh_t                           # (4)
     pinv = _pinv(v, inv)
     gac = uc @ (v @ c @ v.mH - ug @ pinv) + guc @ pinv                # U C + (I − UUᴴ) gU H⁺
     return gac.mH if wide else gac
@@ -180,11 +181,11 @@ def _vjp(a: Tensor, u: Tensor, h: Tensor, gu: Tensor, gh: Tensor, side: str) -> 
 def _jvp(a: Tensor, u: Tensor, h: Tensor, da: Tensor, side: str) -> tuple[Tensor, Tensor]:
     wide, core_h, ac, uc, hc = _core(a, u, h, side)
     dac = da.mH if wide else da
-    v, weight, diff, inv, _ = _spectrum(hc, ac.shape[-2])
+    v, weight, diff, inv = _spectrum(hc, ac.shape[-2])
     k_full = uc.mH @ dac                                               # K = Uᴴ dA
     k_t = v.mH @ k_full @ v
-    omega_t = (k_t - k_t.mH) * weight.to(k_t.dtype)                    # (1)
-    dhc = v @ (_herm(k_t) + diff.to(k_t.dtype) * omega_t / 2) @ v.mH   # (2)
+    omega_t = (k_t - k_t.mH) * weight                                  # (1)
+    dhc = v @ (_herm(k_t) + diff * omega_t / 2) @ v.mH                 # (2)
     pinv = _pinv(v, inv)
     duc = uc @ (v @ omega_t @ v.mH - k_full @ pinv) + dac @ pinv       # (3)
     if core_h:
