@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="optimizers for the single-budget problems (default: each problem's own list)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (default bench/results)")
     parser.add_argument("--report-only", action="store_true", help="tables and plots from recorded runs only")
+    parser.add_argument("--merge", type=Path, nargs="+", default=(), metavar="JSON",
+                        help="first add the runs of these results files (stages run in parallel with their own "
+                             "--out), then train/report as asked")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: these models are small, and on the 2-vCPU "
                              "machine the results were taken on 2 threads ran 1.5-60× slower than 1)")
@@ -54,14 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         protocol = Protocol(**{**protocol.__dict__, "problems": tuple(_choices(args.problems, PROBLEMS, "problem"))})
     optimizers = None if args.optimizers is None else _choices(args.optimizers, OPTIMIZERS, "optimizer")
     stages = _choices(args.stages, dict.fromkeys(STAGES), "stage")
-    print(run_benchmark(protocol, args.out, stages=stages, optimizers=optimizers, train=not args.report_only))
+    print(run_benchmark(protocol, args.out, stages=stages, optimizers=optimizers, train=not args.report_only,
+                        merge=args.merge))
     return 0
 
 
 def run_benchmark(protocol: Protocol, out: Path, *, stages: list[str] = list(STAGES),
-                  optimizers: list[str] | None = None, train: bool = True, progress: bool = True) -> str:
-    """Run ``stages`` (unless ``train`` is False), then report; returns the markdown tables."""
+                  optimizers: list[str] | None = None, train: bool = True, progress: bool = True,
+                  merge: tuple[Path, ...] = ()) -> str:
+    """Merge ``merge`` in, run ``stages`` (unless ``train`` is False), then report; returns the
+    markdown tables."""
     store = RunStore(out / f"optimizers_{protocol.mode}.json", _meta(protocol))
+    for path in merge:
+        print(f"merged {store.merge(path)} new runs from {path}", file=sys.stderr)
     if train:
         bar = tqdm(desc=protocol.mode, unit="run", disable=not progress, file=sys.stderr)
 

@@ -82,6 +82,26 @@ class RunStore:
         self.tunings.setdefault(cell, {})[optimizer] = _strict(tuning)
         self.save()
 
+    def merge(self, path: Path) -> int:
+        """Add the runs and tunings of another results file of the same mode (e.g. a stage run in
+        a parallel process with its own ``--out``); returns how many runs were new. A tuning
+        there replaces this file's for the same cell and optimizer only if it is newer work, so
+        merge the files in the order they were written."""
+        saved = json.loads(Path(path).read_text())
+        if saved["meta"]["protocol"]["mode"] != self.meta["protocol"]["mode"]:
+            raise ValueError(f"{path} holds mode {saved['meta']['protocol']['mode']!r}, "
+                             f"not {self.meta['protocol']['mode']!r}")
+        new = [r for r in saved["runs"] if record_key(r) not in self.runs]
+        for record in new:
+            self.runs[record_key(record)] = record
+        for cell, tunings in saved.get("tunings", {}).items():
+            self.tunings.setdefault(cell, {}).update(tunings)
+        known = {(s["started"], s["commit"]) for s in self.meta["sessions"]}
+        self.meta["sessions"] += [s for s in saved["meta"].get("sessions", []) if (s["started"], s["commit"]) not in known]
+        self.meta["problems"] = {**saved["meta"].get("problems", {}), **self.meta.get("problems", {})}
+        self.save()
+        return len(new)
+
     def save(self) -> None:
         """Write to a temporary file, then rename (a crash never leaves a torn file)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)

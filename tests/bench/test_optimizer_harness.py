@@ -205,6 +205,16 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert run_benchmark(protocol, tmp_path, progress=False) == text
     again = json.loads((tmp_path / "optimizers_test.json").read_text())
     assert len(again["runs"]) == len(runs) and len(again["meta"]["sessions"]) == 2
+    # a stage run in parallel into its own folder merges back: same report, no run repeated
+    split = tmp_path / "split"
+    split.mkdir()
+    part = {**saved, "runs": [r for r in runs if r["problem"] == "quadratic"],
+            "tunings": {k: v for k, v in tunings.items() if k.startswith("quadratic")}}
+    rest = {**saved, "runs": [r for r in runs if r["problem"] != "quadratic"],
+            "tunings": {k: v for k, v in tunings.items() if not k.startswith("quadratic")}}
+    (split / "optimizers_test.json").write_text(json.dumps(rest))
+    (tmp_path / "part.json").write_text(json.dumps(part))
+    assert run_benchmark(protocol, split, progress=False, merge=(tmp_path / "part.json",)) == text
 
 
 def test_every_optimizer_builds_on_the_transformer():
