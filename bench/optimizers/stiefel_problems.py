@@ -1,6 +1,6 @@
 """Problems on the Stiefel manifold: manifold Muon vs MCSD/SPEL vs Riemannian SGD vs unconstrained Muon.
 
-    python -m bench.optimizers.stiefel_problems [--steps 200] [--seeds 2] [--out bench/results/stiefel.json]
+    python -m bench.optimizers.stiefel_problems [--steps 30 150] [--seeds 2] [--out bench/results/stiefel.json]
 
 Two problems, each run with every optimizer over the same learning-rate grid, equal step budgets,
 a cosine schedule and the same seeds; the best learning rate per optimizer (by mean final metric
@@ -93,7 +93,9 @@ class TraceProblem:
 
     @torch.no_grad()
     def metric(self, model: nn.Module) -> float:
-        return float(1 + self.loss(model, None))
+        """1 − tr((WᵀW)⁻¹WᵀAW)/Σλ₁..₈, in float64 (float32 would floor it at ~1e-7)."""
+        w, a = model.w.double(), self.a.double()
+        return float(1 - torch.trace(torch.linalg.solve(w.T @ w, w.T @ a @ w)) / self.best)
 
 
 class DigitsProblem:
@@ -174,27 +176,31 @@ def run(problem, name: str, lr: float, seed: int, steps: int) -> dict[str, Any]:
     metric = problem.metric(model)
     gaps = [gap for _, _, _, gap in getattr(opt, "last_solves", [])]
     off = max(float(torch.linalg.matrix_norm((w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T)
-                                             - torch.eye(min(w.shape)))) for w in on)
+                                             - torch.eye(min(w.shape)))) for w in map(torch.Tensor.detach, on))
     return dict(metric=metric if math.isfinite(metric) else math.inf, ms_per_step=1e3 * step_s / steps,
                 orthogonality=off, last_gap=max(gaps) if gaps else None)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, nargs=2, default=[30, 150], metavar=("TRACE", "DIGITS"),
+                        help="step budgets of the two problems")
+    parser.add_argument("--problems", nargs="+", default=["trace", "digits"], choices=["trace", "digits"])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default="bench/results/stiefel.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    results: dict[str, Any] = {"steps": args.steps, "seeds": args.seeds, "lrs": LRS, "lrs_rsgd": LRS_RSGD, "machine": platform.processor()
+    results: dict[str, Any] = {"seeds": args.seeds, "lrs": LRS, "lrs_rsgd": LRS_RSGD, "machine": platform.processor()
                                or platform.machine(), "torch": torch.__version__,
                                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                                         text=True).stdout.strip(), "problems": {}}
-    for problem in (TraceProblem(), DigitsProblem()):
+    budgets = dict(zip(("trace", "digits"), args.steps))
+    for problem in [{"trace": TraceProblem, "digits": DigitsProblem}[name]() for name in args.problems]:
+        steps = budgets[problem.name]
         table = {}
         for name in OPTIMIZERS:
             grid = LRS_RSGD if name == "rsgd" else LRS
-            runs = {lr: [run(problem, name, lr, seed, args.steps) for seed in range(args.seeds)] for lr in grid}
+            runs = {lr: [run(problem, name, lr, seed, steps) for seed in range(args.seeds)] for lr in grid}
             best = min(grid, key=lambda lr: np.mean([r["metric"] for r in runs[lr]]))
             table[name] = dict(best_lr=best, metric=float(np.mean([r["metric"] for r in runs[best]])),
                                spread=float(np.std([r["metric"] for r in runs[best]])),
@@ -204,14 +210,14 @@ def main(argv: list[str] | None = None) -> None:
                                last_gap=max((r["last_gap"] for r in runs[best] if r["last_gap"] is not None),
                                             default=None))
             print(problem.name, name, table[name], flush=True)
-        results["problems"][problem.name] = table
+        results["problems"][problem.name] = dict(steps=steps, optimizers=table)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"| problem | optimizer | best lr | final metric (mean ± sd over {args.seeds} seeds) | ms/step | "
           f"‖WᵀW − I‖_F | last solver gap |")
     print("|---|---|---|---|---|---|---|")
-    for pname, table in results["problems"].items():
-        for name, row in table.items():
+    for pname, entry in results["problems"].items():
+        for name, row in entry["optimizers"].items():
             print(f"| {pname} | {name} | {row['best_lr']}{' (edge)' if row['edge'] else ''} | "
                   f"{row['metric']:.3g} ± {row['spread']:.1g} | {row['ms_per_step']:.2f} | {row['orthogonality']:.1e} | "
                   f"{'—' if row['last_gap'] is None else format(row['last_gap'], '.1e')} |")
