@@ -92,6 +92,8 @@ class EquilibriumMonitor:
         self.latest: list[GroupStats] = []
         self._steps = 0
         self._trackers: dict[int, WeightRMSTracker] = {}
+        self._rates: list[tuple[int, float, float]] = []
+        self._skipped_at_pre: int | None = None
         self._before: list[list[Tensor]] | None = None
         self._skipped_before: int | None = None
         self._handles = [optimizer.register_step_pre_hook(self._pre_hook),
@@ -104,13 +106,15 @@ class EquilibriumMonitor:
 
     def _pre_hook(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
         self._before = None
-        for i, group in enumerate(optimizer.param_groups):   # eq. (1) advances every step
+        self._rates = []                                     # eq. (1) advances every step taken
+        for i, group in enumerate(optimizer.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not _is_adamw(optimizer, group) or not params:
                 continue
             if i not in self._trackers:
                 self._trackers[i] = WeightRMSTracker(_rms([(local(p), p) for p in params]))
-            self._trackers[i].update(float(group["lr"]), float(group.get("weight_decay", 0.0)))
+            self._rates.append((i, float(group["lr"]), float(group.get("weight_decay", 0.0))))
+        self._skipped_at_pre = getattr(optimizer, "skipped_steps", None)
         if self._steps % self.every == 0:
             self._before = [[local(p).detach().clone() for p in g["params"] if p.grad is not None]
                             for g in optimizer.param_groups]
@@ -119,6 +123,9 @@ class EquilibriumMonitor:
 
     @torch.no_grad()
     def _post_hook(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        if getattr(optimizer, "skipped_steps", None) == self._skipped_at_pre:
+            for i, lr, wd in self._rates:
+                self._trackers[i].update(lr, wd)
         if self._before is None:
             return
         skipped = getattr(optimizer, "skipped_steps", None) != self._skipped_before

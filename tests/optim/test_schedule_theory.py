@@ -108,3 +108,18 @@ def test_monitor_reports_the_schedule_aware_prediction():
             # 4096 weights: ~1.1% sampling noise; the model's error measured ≤ 2% (see above).
             assert stats.weight_rms == pytest.approx(stats.schedule_weight_rms, rel=0.05)
             assert stats.noise_spectral_norm == pytest.approx(stats.weight_rms * 16, rel=1e-12)   # √64 + √64
+
+
+def test_monitor_prediction_ignores_skipped_steps():
+    from polarkernels.optim import EquilibriumMonitor, PolarGrad
+
+    p = torch.nn.Parameter(torch.full((8, 8), 0.1))
+    opt = PolarGrad([{"params": [p], "algorithm": "adamw"}], lr=0.01, weight_decay=0.5, nonfinite="skip")
+    monitor = EquilibriumMonitor(opt)
+    p.grad = torch.ones(8, 8)
+    opt.step()
+    first = monitor.latest[0].schedule_weight_rms
+    assert first == pytest.approx(math.sqrt((1 - 0.005) ** 2 * 0.01 + 1e-4), rel=1e-6)
+    p.grad = torch.full((8, 8), float("nan"))
+    opt.step()
+    assert opt.skipped_steps == 1 and monitor.latest[0].schedule_weight_rms == first
