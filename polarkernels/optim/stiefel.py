@@ -23,61 +23,61 @@ from .. import api
 from .distributed import DTensor
 from .muon import Muon
 from .stiefel_direction import SOLVERS, project_tangent, stiefel_direction
+from .views import MatrixView
 
 STIEFEL = "stiefel"
 #: The single-loop alternative to the solvers: msign of the Riemannian gradient (MCSD/SPEL).
 SPEL = "spel"
 STIEFEL_SOLVERS = (*SOLVERS, SPEL)
 #: Keys a "stiefel" group reads.
-STIEFEL_KEYS = ("lr", "momentum", "nesterov", "solver", "tol", "max_iter", "step_size", "method", "backend")
+STIEFEL_KEYS = ("lr", "momentum", "nesterov", "solver", "tol", "max_iter", "step_size", "method", "backend",
+                "view")
 
 
-def stiefel_error(w: Tensor) -> Tensor:
-    """‖WᵀW − I‖_F/√n per matrix (on the tall side: WWᵀ for wide W), in float64.
+def stiefel_error(w: Tensor, view: MatrixView | None = None) -> Tensor:
+    """‖WᵀW − I‖_F/√n of each matrix of ``w`` (on the tall side: WWᵀ for wide W), in float64.
 
-    N-d tensors are read as (out, rest), as the optimizer reads them.
+    ``view`` (a :class:`~polarkernels.optim.MatrixView`; default: a matrix as is, an N-d weight
+    as (out, rest)) says which matrices of ``w`` are on the manifold, as in the optimizer.
+    Returns one value per matrix, in the view's order.
     """
-    w = _matrix(w).double()
-    if w.shape[-2] < w.shape[-1]:
-        w = w.mT
-    n = w.shape[-1]
-    return torch.linalg.matrix_norm(w.mT @ w - torch.eye(n, dtype=w.dtype, device=w.device)) / math.sqrt(n)
+    return torch.stack([_error(m.detach().double()) for m in _matrices(w, view)])
 
 
-def on_stiefel(w: Tensor, tol: float | None = None) -> bool:
-    """True when ``w`` (a matrix, a batch, or an N-d weight read as (out, rest)) is on the manifold.
+def on_stiefel(w: Tensor, tol: float | None = None, view: MatrixView | None = None) -> bool:
+    """True when every matrix of ``w`` (see :func:`stiefel_error`) is on the manifold.
 
     ``tol`` defaults to 40 ε √max(m, n) for the dtype of ``w``: the bound the package's tests
     assert on ``polar``'s orthogonality, so a freshly projected or retracted ``w`` passes.
     """
-    m = _matrix(w)
+    mats = _matrices(w, view)
     if tol is None:
-        tol = 40 * torch.finfo(w.dtype).eps * math.sqrt(max(m.shape[-2:]))
-    return bool((stiefel_error(w) <= tol).all())
+        tol = 40 * torch.finfo(w.dtype).eps * math.sqrt(max(max(m.shape) for m in mats))
+    return bool((stiefel_error(w, view) <= tol).all())
 
 
 @torch.no_grad()
-def project_to_stiefel_(params: Tensor | Iterable[Tensor], *, method: str = "auto", backend: str = "auto") -> None:
-    """Put each tensor on the manifold in place: W ← polar(W), the nearest semi-orthogonal matrix.
+def project_to_stiefel_(params: Tensor | Iterable[Tensor], *, view: MatrixView | None = None,
+                        method: str = "auto", backend: str = "auto") -> None:
+    """Put each tensor on the manifold in place: W ← polar(W) for each matrix of its ``view``.
 
-    For a fresh layer, ``nn.init.orthogonal_`` gives the same kind of matrix; this keeps the
-    weights' directions (the polar factor is the closest point in every unitarily invariant norm).
+    The polar factor is the nearest semi-orthogonal matrix (in every unitarily invariant norm),
+    so the weights keep their directions; for a fresh layer ``nn.init.orthogonal_`` gives the
+    same kind of matrix.
     """
     for p in [params] if isinstance(params, Tensor) else list(params):
-        if p.ndim < 2:
-            raise ValueError(f"only matrices (≥ 2-D tensors) can be put on the Stiefel manifold, got shape "
-                             f"{tuple(p.shape)}")
-        m = _matrix(p)
-        u = api.polar(m.float() if m.dtype in (torch.bfloat16, torch.float16) else m,
-                      method=method, backend=backend)[0]
-        p.copy_(u.reshape(p.shape))
+        v = MatrixView.from_spec(view)
+        mats = _matrices(p, v)
+        work = [m.float() if m.dtype in (torch.bfloat16, torch.float16) else m for m in mats]
+        us = [api.polar(m, method=method, backend=backend)[0].to(p.dtype) for m in work]
+        p.copy_(v.from_matrices(us, p.shape))
 
 
 class StiefelMuon(Muon):
     r"""Muon whose ``stiefel`` parameters stay on the Stiefel manifold (manifold Muon).
 
-    For each parameter W ∈ St(m, n) (m ≥ n; a wide W is treated as Wᵀ, N-d weights as
-    (out, rest)) with gradient G:
+    For each matrix W ∈ St(m, n) of a parameter's view (m ≥ n; a wide W is treated as Wᵀ; N-d
+    weights read as (out, rest) by default) with gradient G:
 
     .. math::
        \begin{aligned}
@@ -115,7 +115,10 @@ class StiefelMuon(Muon):
             ``"algorithm": "stiefel"`` are manifold groups.
         lr, weight_decay, momentum, nesterov: Muon's (and the manifold groups' lr and momentum).
         stiefel: the parameters to keep on the manifold (taken out of ``params``); they must be on
-            it already (see :func:`project_to_stiefel_`), else the first step raises.
+            it already (see :func:`project_to_stiefel_`), else the first step raises. Each is
+            read as a matrix, N-d weights as (out, rest); for other :class:`~polarkernels.optim.MatrixView`\ s
+            (expert stacks, fused QKV blocks: every matrix of the view on its own manifold) pass a
+            group ``{"params": [...], "algorithm": "stiefel", "view": MatrixView("batch").spec()}``.
         stiefel_lr: η for the manifold groups (``None``: ``lr``). The step has spectral norm η.
         solver: "dual_ascent", "fixed_point" or "spel".
         tol, max_iter, step_size: the solver's (see
@@ -132,7 +135,8 @@ class StiefelMuon(Muon):
                  stiefel_backend: str = "auto", **kwargs: Any) -> None:
         self._stiefel_defaults = dict(lr=lr if stiefel_lr is None else stiefel_lr, momentum=momentum,
                                       nesterov=nesterov, solver=solver, tol=tol, max_iter=max_iter,
-                                      step_size=step_size, method=stiefel_method, backend=stiefel_backend)
+                                      step_size=step_size, method=stiefel_method, backend=stiefel_backend,
+                                      view=None)
         _check_stiefel_group({"params": [], **self._stiefel_defaults})
         self.last_solves: list[tuple[tuple[int, ...], int, float, float]] = []
         on_manifold = list(stiefel)
@@ -171,10 +175,12 @@ class StiefelMuon(Muon):
             if isinstance(p, DTensor):
                 raise NotImplementedError("sharded (DTensor) parameters on the Stiefel manifold are not "
                                           "supported yet")
-            if p.grad is not None and not self.state[p] and not on_stiefel(p.detach()):
+            view = MatrixView.from_spec(group["view"])
+            if p.grad is not None and not self.state[p] and not on_stiefel(p.detach(), view=view):
                 raise ValueError(f"a parameter of shape {tuple(p.shape)} in param group {index} is not on "
-                                 f"the Stiefel manifold (‖WᵀW − I‖_F/√n = {float(stiefel_error(p.detach()).max()):.2e});"
-                                 f" call polarkernels.optim.project_to_stiefel_ on it first")
+                                 f"the Stiefel manifold (‖WᵀW − I‖_F/√n = "
+                                 f"{float(stiefel_error(p, view).max()):.2e}); call "
+                                 f"polarkernels.optim.project_to_stiefel_ on it first (with the group's view)")
 
     def _step_group(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
         if group["algorithm"] != STIEFEL:
@@ -188,34 +194,47 @@ class StiefelMuon(Muon):
             buf = state["momentum_buffer"]
             buf.lerp_(g, 1 - beta)                                   # M ← βM + (1−β)G
             blends.append(g.lerp(buf, beta) if nesterov else buf)    # (1−β)G + βM
+        view = MatrixView.from_spec(group["view"])
+        # Every matrix of every parameter's view; matrices of one shape are solved as one batch.
+        mats = [(i, j, w, b) for i, (p, x) in enumerate(zip(params, blends))
+                for j, (w, b) in enumerate(zip(view.to_matrices(p), view.to_matrices(x)))]
+        new: list[list[Tensor | None]] = [[None] * len(view.matrix_shapes(p.shape)) for p in params]
         by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(params):
-            by_shape.setdefault(tuple(_matrix(p).shape), []).append(i)
-        for shape, idx in by_shape.items():
-            self._stiefel_batch(group, [params[i] for i in idx], [blends[i] for i in idx], shape)
+        for k, (_, _, w, _) in enumerate(mats):
+            by_shape.setdefault(tuple(w.shape), []).append(k)
+        for shape, ks in by_shape.items():
+            batch = [mats[k] for k in ks]
+            us = self._stiefel_batch(group, params, batch, shape)
+            for (i, j, _, _), u in zip(batch, us.unbind(0)):
+                new[i][j] = u
+        for p, us in zip(params, new):
+            p.copy_(view.from_matrices(us, p.shape))
 
-    def _stiefel_batch(self, group: dict, params: Sequence[Tensor], blends: Sequence[Tensor],
-                       shape: tuple[int, ...]) -> None:
-        """Direction and retraction for the group's parameters of one matrix shape, batched."""
+    def _stiefel_batch(self, group: dict, params: Sequence[Tensor], batch: Sequence[tuple[int, int, Tensor, Tensor]],
+                       shape: tuple[int, ...]) -> Tensor:
+        """New W for matrices (param index, matrix index, W, B) of one shape, batched: direction
+        and retraction. A parameter's solver state holds one warm start per matrix of its view."""
         work = torch.float64 if params[0].dtype == torch.float64 else torch.float32
-        w = torch.stack([_matrix(p).to(work) for p in params])
-        b = torch.stack([_matrix(x).to(work) for x in blends])
+        w = torch.stack([m.to(work) for _, _, m, _ in batch])
+        b = torch.stack([x.to(work) for _, _, _, x in batch])
         method, backend = group["method"], group["backend"]
         if group["solver"] == SPEL:
             phi = _spel_direction(w, b, method, backend)
         else:
-            states = [self.state[p] for p in params]
-            warm = torch.stack([s["multiplier"] for s in states]) if all("multiplier" in s for s in states) else None
+            states = [self.state[params[i]] for i, _, _, _ in batch]
+            warm = (torch.stack([s["multiplier"][j] for s, (_, j, _, _) in zip(states, batch)])
+                    if all("multiplier" in s for s in states) else None)
             solve = stiefel_direction(w, b, solver=group["solver"], tol=group["tol"], max_iter=group["max_iter"],
                                       step_size=group["step_size"], multiplier=warm, method=method,
                                       backend=backend)
-            for s, x in zip(states, solve.multiplier.unbind(0)):
-                s["multiplier"] = x.clone()
+            for s, (i, j, _, _), x in zip(states, batch, solve.multiplier.unbind(0)):
+                if "multiplier" not in s:
+                    count = len(MatrixView.from_spec(group["view"]).matrix_shapes(params[i].shape))
+                    s["multiplier"] = x.new_zeros((count, *x.shape))
+                s["multiplier"][j] = x
             phi = solve.direction
             self.last_solves.append((shape, solve.iterations, float(solve.residual.max()), float(solve.gap.max())))
-        new = api.polar(w - group["lr"] * phi, method=method, backend=backend)[0]     # W ← polar(W − ηΦ)
-        for p, u in zip(params, new.unbind(0)):
-            p.copy_(u.reshape(p.shape))
+        return api.polar(w - group["lr"] * phi, method=method, backend=backend)[0]     # W ← polar(W − ηΦ)
 
 
 def _spel_direction(w: Tensor, b: Tensor, method: str, backend: str) -> Tensor:
@@ -228,11 +247,18 @@ def _spel_direction(w: Tensor, b: Tensor, method: str, backend: str) -> Tensor:
     return phi if tall else phi.mT
 
 
-def _matrix(t: Tensor) -> Tensor:
-    """A parameter as the optimizer reads it: itself if 2-D, else (out, rest)."""
+def _matrices(t: Tensor, view: MatrixView | dict | None) -> list[Tensor]:
+    """The matrices of ``t`` under ``view`` (default: itself if 2-D, else (out, rest))."""
     if t.ndim < 2:
-        raise ValueError(f"expected a matrix (≥ 2-D tensor), got shape {tuple(t.shape)}")
-    return t if t.ndim == 2 else t.reshape(t.shape[0], -1)
+        raise ValueError(f"only matrices (≥ 2-D tensors) live on the Stiefel manifold, got shape {tuple(t.shape)}")
+    return MatrixView.from_spec(view).to_matrices(t)
+
+
+def _error(w: Tensor) -> Tensor:
+    if w.shape[-2] < w.shape[-1]:
+        w = w.mT
+    n = w.shape[-1]
+    return torch.linalg.matrix_norm(w.mT @ w - torch.eye(n, dtype=w.dtype, device=w.device)) / math.sqrt(n)
 
 
 def _without(params: ParamsT, drop: set[int]) -> list[dict[str, Any]]:
@@ -273,6 +299,7 @@ def _check_stiefel_group(group: dict[str, Any]) -> None:
         raise ValueError(f"stiefel_method must be one of {api.POLAR_METHODS}, got {group['method']!r}")
     if not isinstance(group["backend"], str):
         raise ValueError(f"stiefel_backend must be a str, got {group['backend']!r}")
+    view = MatrixView.from_spec(group["view"])
     for p in group["params"]:
         p = p[1] if isinstance(p, tuple) else p
         if not isinstance(p, Tensor) or p.ndim < 2:
@@ -280,3 +307,4 @@ def _check_stiefel_group(group: dict[str, Any]) -> None:
             raise ValueError(f"a 'stiefel' group needs matrices (≥ 2-D parameters), got {shape}")
         if torch.is_complex(p):
             raise ValueError(f"complex parameters are not supported on the Stiefel manifold (dtype {p.dtype})")
+        view.matrix_shapes(p.shape)                                 # raises for a view that does not fit

@@ -176,3 +176,29 @@ def test_bad_hyperparameters(kwargs, match):
 def test_vector_on_the_manifold_raises():
     with pytest.raises(ValueError, match="needs matrices"):
         StiefelMuon([], stiefel=[nn.Parameter(torch.ones(3))])
+
+
+def test_expert_stack_and_blocks_views():
+    """A (3, 6, 4) expert stack ("batch" view) and a fused (8, 4) QKV-like weight split into two
+    (4, 4) blocks: every matrix of the view is on its own manifold and stays there."""
+    from polarkernels.optim import MatrixView
+
+    gen = torch.Generator().manual_seed(8)
+    experts = nn.Parameter(torch.randn(3, 6, 4, generator=gen))
+    fused = nn.Parameter(torch.randn(8, 4, generator=gen))
+    batch, blocks = MatrixView("batch"), MatrixView(blocks=("a", "b"))
+    project_to_stiefel_(experts, view=batch)
+    project_to_stiefel_(fused, view=blocks)
+    assert stiefel_error(experts, batch).shape == (3,) and on_stiefel(experts.detach(), view=batch)
+    assert on_stiefel(fused.detach(), view=blocks) and not on_stiefel(fused.detach())   # (8, 4) itself is not
+    opt = StiefelMuon([{"params": [experts], "algorithm": "stiefel", "view": batch.spec()},
+                       {"params": [fused], "algorithm": "stiefel", "view": blocks.spec()}], lr=0.05)
+    for _ in range(5):
+        experts.grad = torch.randn(experts.shape, generator=gen)
+        fused.grad = torch.randn(fused.shape, generator=gen)
+        opt.step()
+    assert on_stiefel(experts.detach(), view=batch) and on_stiefel(fused.detach(), view=blocks)
+    assert opt.state[experts]["multiplier"].shape == (3, 4, 4)          # one warm start per matrix
+    assert {s[0] for s in opt.last_solves} == {(6, 4), (4, 4)}
+    with pytest.raises(ValueError, match="does not split into 3 equal blocks"):
+        StiefelMuon([{"params": [fused], "algorithm": "stiefel", "view": MatrixView(blocks=("q", "k", "v")).spec()}])
