@@ -21,6 +21,7 @@ from torch.optim.optimizer import ParamsT
 
 from .. import api
 from .distributed import DTensor
+from .grad_checks import NonFiniteGradientError, all_finite
 from .muon import Muon
 from .stiefel_direction import SOLVERS, project_tangent, stiefel_direction
 from .views import MatrixView
@@ -93,7 +94,11 @@ class StiefelMuon(Muon):
 
     The retraction is :func:`polarkernels.polar`, converged to working precision, so WᵀW = I
     holds to rounding after every step and errors do not accumulate. There is no weight decay on
-    the manifold (the norm is fixed).
+    the manifold (the norm is fixed). Non-finite gradients follow ``nonfinite`` as in Muon, except
+    that with ``"propagate"`` a NaN reaching a manifold group raises
+    :class:`~polarkernels.optim.NonFiniteGradientError` before that group moves (the manifold holds
+    no NaN). DTensor (FSDP2) parameters are not supported on the manifold yet; under DDP every rank
+    computes the same directions (no sharing out).
 
     **Momentum on the raw gradient.** M accumulates Euclidean gradients and is projected only
     where it is used (the solvers see only B's tangent part: tr(BᵀΦ) = tr(P_T(B)ᵀΦ) for tangent Φ).
@@ -186,6 +191,11 @@ class StiefelMuon(Muon):
         if group["algorithm"] != STIEFEL:
             return super()._step_group(group, params, grads)
         beta, nesterov = group["momentum"], group["nesterov"]
+        if self.nonfinite == "propagate" and not all_finite(grads):
+            # The manifold holds no NaN: refuse before this group's state moves (other groups of
+            # this step may have stepped already: "propagate" gives up the all-or-nothing step).
+            raise NonFiniteGradientError("non-finite gradient in a 'stiefel' group (nonfinite='propagate' "
+                                         "lets NaN reach it); its parameters and state were not modified")
         blends = []
         for p, g in zip(params, grads):
             state = self.state[p]

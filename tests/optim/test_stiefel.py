@@ -136,6 +136,10 @@ def test_nonfinite_gradients():
     skip = StiefelMuon([], stiefel=params, lr=0.1, nonfinite="skip")
     skip.step()
     assert skip.skipped_steps == 1 and torch.equal(params[0].detach(), before)
+    propagate = StiefelMuon([], stiefel=params, lr=0.1, nonfinite="propagate")   # NaN cannot live on the manifold
+    with pytest.raises(NonFiniteGradientError, match="'stiefel' group"):
+        propagate.step()
+    assert torch.equal(params[0].detach(), before) and not propagate.state[params[0]]
 
 
 def test_off_manifold_parameter_raises_until_projected():
