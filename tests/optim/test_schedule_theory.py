@@ -12,7 +12,7 @@ from polarkernels.optim.schedule_theory import (WeightRMSTracker, adamw_weight_r
                                                 cosine_schedule, gaussian_spectral_norm,
                                                 weight_decay_for_horizon, wsd_schedule)
 
-STEPS = 1000
+STEPS = 800
 SCHEDULES = {"cosine": cosine_schedule(4e-3, STEPS, warmup=50), "wsd": wsd_schedule(4e-3, STEPS, warmup=50)}
 
 
@@ -22,7 +22,7 @@ def test_rms_prediction_tracks_simulated_adamw(name):
     measured weight RMS stays within 5% of eq. (1) at every step of the run."""
     lrs, wd, init = SCHEDULES[name], 0.5, 0.05
     gen = torch.Generator().manual_seed(0)
-    p = torch.nn.Parameter(init * torch.randn(4096, generator=gen))
+    p = torch.nn.Parameter(init * torch.randn(2048, generator=gen))
     opt = torch.optim.AdamW([p], lr=float(lrs[0]), weight_decay=wd)
     measured = np.empty(STEPS)
     with torch.no_grad():
@@ -32,7 +32,7 @@ def test_rms_prediction_tracks_simulated_adamw(name):
             opt.step()
             measured[t] = float(p.square().mean().sqrt())
     predicted = adamw_weight_rms(lrs, wd, init_rms=float(p.new_tensor(init)))
-    # Sampling noise of an RMS over 4096 elements is ~1/√(2·4096) ≈ 1.1%; the model's own error
+    # Sampling noise of an RMS over 2048 elements is ~1/√(2·2048) ≈ 1.6%; the model's own error
     # (momentum correlations while η moves) measured ≤ 2% here; 5% is the issue's bar.
     assert np.abs(measured / predicted - 1).max() < 0.05
     # The constant-rate equilibrium √(η_t/2λ) at the current η is what this improves on: during
@@ -81,7 +81,7 @@ def test_bad_inputs():
 
 def test_gaussian_spectral_norm():
     gen = torch.Generator().manual_seed(0)
-    for n, m in [(256, 64), (512, 512)]:
+    for n, m in [(256, 64), (128, 128)]:
         measured = float(torch.linalg.matrix_norm(torch.randn(n, m, generator=gen, dtype=torch.float64) * 0.02, ord=2))
         # The Bai–Yin edge: at these sizes the largest singular value sits within ~3% of it.
         assert measured == pytest.approx(gaussian_spectral_norm(n, m, 0.02), rel=0.05)
