@@ -18,7 +18,7 @@ manifolds" parts 2, 3 and 5):
 
 For every symmetric X and every feasible Φ, tr(GᵀΦ) = tr((G + WX)ᵀΦ) ≤ D(X) (tr(X·WᵀΦ) = 0:
 symmetric times skew), so D(X) bounds (1) from above; X is optimal when Φ(X) is tangent,
-sym(WᵀΦ(X)) = 0. Both solvers start from X₀ = −sym(WᵀG), which is exact for square W:
+sym(WᵀΦ(X)) = 0. Both dual solvers start from X₀ = −sym(WᵀG), which is exact for square W:
 
 - ``"dual_ascent"`` (Bernstein): gradient descent on D, X ← X − α_k · 2 sym(WᵀΦ), with
   α_k = α (1 − k/K) (K = ``max_iter``, the linear decay of the Modula code). One polar factor
@@ -47,8 +47,9 @@ is an upper bound): trust ``converged`` and ``gap``, not the iteration count.
 
 - ``"admm"``: for those cases, the alternating direction method of multipliers on the primal
   (1) split as Φ ∈ tangent space, Ψ ∈ spectral ball, Φ = Ψ (the splitting of Cesista's ADMM
-  experiments; Boyd et al., "Distributed optimization ... ADMM", 2011, §5), in units where G's
-  singular values are O(1), with ρ = 1:
+  experiments; Boyd et al., "Distributed optimization and statistical learning via the
+  alternating direction method of multipliers", 2011, §5), in units where P_T(G)'s singular
+  values are O(1), with ρ = 1:
 
   .. math::
      \Phi \leftarrow P_T(\Psi - Y + G/\rho), \qquad
@@ -60,11 +61,11 @@ is an upper bound): trust ``converged`` and ``gap``, not the iteration count.
   a few hundred on random 128×64), where the fixed point wins on well-conditioned ones.
 
 Every msign is :func:`polarkernels.polar` (``method`` and ``backend`` pass through), so the
-kernels and their accuracy carry over. Both solvers stop when the tangent residual
+kernels and their accuracy carry over. Every solver stops when the tangent residual
 ‖sym(WᵀΦ)‖_F/√n and the relative duality gap are below ``tol``, or after ``max_iter``
-iterations, and report both. The returned direction is always feasible: the last Φ(X) projected
-onto the tangent space, Φ − W sym(WᵀΦ), and scaled to spectral norm 1 (a lower bound for (1);
-the gap is D(X) minus its objective, relative to D(X)).
+iterations, and reports both. The returned direction is always feasible: the last iterate (Φ(X),
+or ADMM's Ψ) projected onto the tangent space, Φ − W sym(WᵀΦ), and scaled to spectral norm 1
+(a lower bound for (1); the gap is D(X) minus its objective, relative to D(X)).
 
 Square W (n = m) has the closed form (Su, part 2; Cesista, "Heuristic solutions for steepest
 descent on the Stiefel manifold", 2025): with the tangent space {WΩ : Ω = −Ωᵀ},
