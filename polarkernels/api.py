@@ -63,8 +63,13 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
         check_finite: raise ``ValueError`` if ``a`` holds NaN or ±inf (as scipy does).
 
     Rank-deficient inputs: ``svd`` returns an orthonormal ``u`` (one of many valid factors); the
-    iterative methods and QDWH return the unique partial isometry (zero singular values stay zero,
-    so ``u.T @ u`` is the projector onto the row space). ``a = u h`` holds in both cases.
+    polynomial methods return the unique partial isometry (zero singular values stay zero, so
+    ``u.mH @ u`` is the projector onto the row space); QDWH keeps exactly zero singular values at
+    zero but lifts rounding-level ones to 1, like the SVD. ``a = u h`` holds in every case.
+
+    Differentiable (reverse and forward mode, ``torch.func.grad``/``jvp``) through one analytic
+    rule for every method (:mod:`polarkernels.polar_backward`): the forward is not recorded, so
+    memory does not grow with the step count, and gradients are finite at repeated singular values.
     """
     x, kind = to_tensor(a, what="a")
     _check_matrix(x, "a")
