@@ -230,7 +230,9 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
                   "final-loss-vs-budget curve, over this budget (> or <: outside AdamW's measured budgets).", "",
                   verdict_table(results, p.adamw_curve), ""]
         parts += ["## Where each optimizer loses", "", *losses(results), "",
-                  "## Time per step", "", overhead_table(results), ""]
+                  "## Time per step (wall-clock)", "", "Recorded by every run; on a shared machine this "
+                  "measures the load as much as the optimizer (CPU time: `python -m bench.optimizers.step_cost`).", "",
+                  overhead_table(results), ""]
         parts += ["## Scaling study: every cell", ""]
         for r in results:
             parts += [cell_table(f"{r.title}: {r.tokens_per_param:g} tokens/param, {r.cell.budget.steps} steps, "
