@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,12 +41,21 @@ def available() -> tuple[bool, str]:
 
 
 def run_peer(workloads: list[dict[str, Any]], dtypes: list[str], budget: dict[str, Any],
-             seed: int, out: Path) -> list[dict[str, Any]]:
-    """Time JAX on ``workloads`` (``bench.cases.Workload`` fields) in a fresh process; its rows."""
+             seed: int, out: Path, threads: int | None = None) -> list[dict[str, Any]]:
+    """Time JAX on ``workloads`` (``bench.cases.Workload`` fields) in a fresh process; its rows.
+
+    ``threads=1`` makes XLA's CPU backend single-threaded, as ``--threads 1`` does torch and the
+    BLAS libraries; otherwise XLA uses every core (it has no flag for another count).
+    """
     spec = out.with_suffix(".spec.json")
     spec.write_text(json.dumps({"workloads": workloads, "dtypes": dtypes, "budget": budget, "seed": seed}))
+    env = dict(os.environ)
+    if threads == 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "bench.jax_peer", "--spec", str(spec), "--out", str(out)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"JAX peer process failed: {tail}")
@@ -91,9 +101,9 @@ def _main(spec_path: Path, out_path: Path) -> None:
         masters = workload.inputs(torch.float64, torch.device("cpu"), spec["seed"])
         refs = [svd_polar(x) for x in masters]
         for dtype in spec["dtypes"]:
-            arrays = [jnp.asarray(x.numpy().astype(dtype)) for x in masters]
+            arrays = [jnp.asarray(x.numpy().astype(dtype)) for x in masters]  # copies: JAX owns its buffers
             for name, method in METHODS:
-                single = jax.jit(lambda a, method=method: jax.scipy.linalg.polar(a, method=method))
+                single = jax.jit(lambda a, method=method: _jax_polar(jax.scipy.linalg.polar, a, method))
                 fns = [jax.jit(jax.vmap(single)) if a.ndim == 3 else single for a in arrays]
 
                 def call(fns=fns):
@@ -104,7 +114,7 @@ def _main(spec_path: Path, out_path: Path) -> None:
 
                 samples, outs, first_s = _time(call, budget)
                 t = Timing.of(samples)
-                orth, dist = _accuracy([torch.from_numpy(np.asarray(u)) for u, _ in outs], refs)
+                orth, dist = _accuracy([torch.from_numpy(np.array(u)) for u, _ in outs], refs)
                 rows.append({
                     "workload": workload.name, "kind": workload.kind, "size": workload.size,
                     "groups": [list(g) for g in workload.groups], "device": "cpu", "candidate": name,
@@ -115,6 +125,13 @@ def _main(spec_path: Path, out_path: Path) -> None:
                     "orthogonality": orth, "distance_to_polar": dist, "peer": f"jax {jax.__version__}",
                     "process": "own"})
     out_path.write_text(json.dumps(rows))
+
+
+def _jax_polar(polar, a, method: str):
+    """(U, H) by JAX: A = U H, or A = H U for a wide A, the one side JAX's QDWH takes a wide
+    matrix for (H then m×m, smaller than polar()'s n×n: a cheaper call than the one it is timed
+    against, which only favours the peer)."""
+    return polar(a, side="left" if a.shape[-2] < a.shape[-1] else "right", method=method)
 
 
 if __name__ == "__main__":

@@ -325,7 +325,8 @@ def _run_jax_peer(runner: Runner, device: torch.device, workloads: list[cases.Wo
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         rows = jax_peer.run_peer(specs, [cases.dtype_name(d) for d in dtypes],
-                                 {**vars(budget), "cooldown_s": 0.2}, args.seed, args.out / "jax_rows.json")
+                                 {**vars(budget), "cooldown_s": 0.2}, args.seed, args.out / "jax_rows.json",
+                                 threads=args.threads)
     except RuntimeError as exc:
         runner.skipped.append(f"peer jax.scipy.linalg.polar: {exc}")
         return
