@@ -7,25 +7,31 @@ import torch
 import polarkernels as pk
 
 
+# Every bad-input case runs on real and complex input alike.
+DTYPES = [torch.float32, torch.complex128]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fn", [pk.polar, pk.orthogonalize], ids=["polar", "orthogonalize"])
 @pytest.mark.parametrize("shape", [(), (3,)], ids=["0d", "1d"])
-def test_rejects_non_matrices(fn, shape):
+def test_rejects_non_matrices(fn, shape, dtype):
     with pytest.raises(ValueError, match=r"matrix or a batch of matrices"):
-        fn(torch.ones(shape))
+        fn(torch.ones(shape, dtype=dtype))
 
 
 @pytest.mark.parametrize("fn", [pk.polar, lambda a: pk.orthogonalize(a, check_finite=True)],
                          ids=["polar", "orthogonalize"])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), complex(0, float("inf"))])
 def test_rejects_non_finite(fn, bad):
-    a = torch.randn(4, 3)
+    a = torch.randn(4, 3, dtype=torch.complex64 if isinstance(bad, complex) else torch.float32)
     a[2, 1] = bad
     with pytest.raises(ValueError, match="infs or NaNs"):
         fn(a)
 
 
-def test_names_the_bad_matrix_in_a_batch():
-    a = torch.randn(2, 3, 4, 4)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_names_the_bad_matrix_in_a_batch(dtype):
+    a = torch.randn(2, 3, 4, 4, dtype=dtype)
     a[1, 2, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"batch index \(1, 2\)"):
         pk.polar(a)
@@ -73,9 +79,10 @@ def test_integer_numpy_is_promoted_to_float64_like_scipy():
     (dict(steps=True), TypeError, "steps must be"),
     (dict(tol=0.0), ValueError, "tol must be positive"),
 ])
-def test_polar_rejects_bad_options(kwargs, exc, match):
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_polar_rejects_bad_options(kwargs, exc, match, dtype):
     with pytest.raises(exc, match=match):
-        pk.polar(torch.randn(3, 3), **kwargs)
+        pk.polar(torch.randn(3, 3, dtype=dtype), **kwargs)
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -100,9 +107,10 @@ def test_missing_backend_raises_with_reason():
         pk.orthogonalize(torch.randn(3, 3), backend="cuda")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=str)
 @pytest.mark.parametrize("method", ["svd", "qdwh", "polar_express", "newton_schulz", "muon"])
-def test_input_is_never_modified(method):
-    a = torch.randn(6, 4, dtype=torch.float64)
+def test_input_is_never_modified(method, dtype):
+    a = torch.randn(6, 4, dtype=dtype)
     before = a.clone()
     pk.polar(a, method=method)
     pk.orthogonalize(a, method=method)
