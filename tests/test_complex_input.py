@@ -135,3 +135,13 @@ def test_complex_zero_and_empty(method):
     assert torch.equal(pk.orthogonalize(z, method=method), z)  # Muon's convention: 0 ↦ 0
     e = torch.zeros(0, 4, 3, dtype=torch.complex64)
     assert pk.polar(e, method=method)[0].shape == e.shape
+
+
+@pytest.mark.parametrize("method", ["polar_express", "muon", "newton_schulz"])
+def test_gram_newton_schulz_takes_complex(method):
+    """orthogonalize(gram=True) on complex input: the same 5 steps through the Gram matrix X Xᴴ."""
+    g = torch.from_numpy(_complex(16, 64, seed=5)).to(torch.complex64)
+    plain = pk.orthogonalize(g, method=method)
+    via_gram = pk.orthogonalize(g, method=method, gram=True)
+    # complex64, restarts every 2 steps: within ~10 ε₃₂ of the plain loop (tests/test_gram_newton_schulz.py)
+    torch.testing.assert_close(via_gram, plain, atol=1e-5, rtol=0)
