@@ -36,7 +36,8 @@ ROUTES = ("auto", "torch", "lapack")
 def svd_polar(a: Tensor, route: str = "auto") -> Tensor:
     """U = P Qᴴ for A = P Σ Qᴴ, batched over leading dims; real or complex (half is upcast)."""
     if a.shape[-2] < a.shape[-1]:
-        return svd_polar(a.mH, route).mH   # the SVD of the tall Aᴴ (see :func:`svd_polar_decomposition`)
+        # the SVD of the tall Aᴴ (see :func:`svd_polar_decomposition`); materialise the conjugate
+        return svd_polar(a.mH, route).mH.resolve_conj()
     work = _working(a)
     if _use_lapack(work, route):
         return _lapack_polar(work)[0].to(a.dtype)
@@ -59,7 +60,7 @@ def svd_polar_decomposition(a: Tensor, side: str = "right", route: str = "auto")
         # Wide A: decompose the tall Aᴴ = H Uᴴ (the other side, the same H). LAPACK's SVD of a
         # wide matrix was 1.6–2.6× slower than of its transpose here (bench/RESULTS.md).
         u, h = svd_polar_decomposition(a.mH, "left" if side == "right" else "right", route)
-        return u.mH, h
+        return u.mH.resolve_conj(), h  # a real tensor, not a lazy conjugate view (NumPy/DLPack reject those)
     work = _working(a)
     if _use_lapack(work, route):
         u, h = _lapack_polar(work, side)

@@ -145,3 +145,18 @@ def test_gram_newton_schulz_takes_complex(method):
     via_gram = pk.orthogonalize(g, method=method, gram=True)
     # complex64, restarts every 2 steps: within ~10 ε₃₂ of the plain loop (tests/test_gram_newton_schulz.py)
     torch.testing.assert_close(via_gram, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "blas"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_wide_complex_numpy_through_the_svd(side, backend):
+    """The SVD decomposes a wide A through Aᴴ: the factor it returns must be real memory, not a lazy
+    conjugate view (NumPy refuses those), and match scipy's."""
+    a = np.arange(6).reshape(2, 3) + 1j * np.ones((2, 3))
+    u, h = pk.polar(a, side=side, method="svd", backend=backend)
+    u_ref, h_ref = scipy.linalg.polar(a, side=side)
+    # κ(a) ≈ 4: a few ε of scipy's factors
+    np.testing.assert_allclose(u, u_ref, atol=1e-13)
+    np.testing.assert_allclose(h, h_ref, atol=1e-13)
+    t = pk.polar(torch.from_numpy(a), method="svd", backend=backend)[0]
+    assert not t.is_conj() and np.array_equal(t.numpy(), pk.polar(a, method="svd", backend=backend)[0])
