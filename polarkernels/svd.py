@@ -49,10 +49,10 @@ def svd_polar_decomposition(a: Tensor, side: str = "right", route: str = "auto")
     """(U, H) with A = U H (side="right", H = Q Σ Qᴴ, n×n) or A = H U (side="left", H = P Σ Pᴴ).
 
     H is formed from the singular triplets, as scipy.linalg.polar does, and is exactly
-    symmetric (Hermitian for complex A).
-    On the LAPACK route it is one BLAS ``?syrk`` of Q Σ^½ (or P Σ^½): half the FLOPs of the full
-    product (``?herk`` for complex), and positive semi-definite up to rounding. On the torch route
-    (GPU, small matrices, autograd) it is (Q Σ) Qᴴ symmetrised, which keeps gradients finite at σ = 0 (√σ would not).
+    symmetric (Hermitian for complex A). On the torch route (the default) it is (Q Σ) Qᴴ
+    symmetrised, which keeps autograd through this function finite at σ = 0 (√σ would not); on
+    the LAPACK route it is one BLAS ``?syrk`` (``?herk``) of Q Σ^½ (or P Σ^½): half the FLOPs of
+    the full product, and positive semi-definite up to rounding.
     """
     if side not in ("right", "left"):
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
