@@ -1,4 +1,4 @@
-"""``python -m bench.optimizers [--quick] [--stages ...] [--problems ...] [--report-only]``
+"""``python -m bench.optimizers [--quick] [--stages ...] [--sizes ...] [--problems ...] [--report-only]``
 
 Runs the protocol (:mod:`bench.optimizers.protocol`): the transformer scaling study, the
 polar-accuracy ablation, the schedule check and the single-budget problems, recording every run
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny models and budgets: a ≤ 3-minute smoke test")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {list(STAGES)}")
+    parser.add_argument("--sizes", default=None,
+                        help="comma list of the model sizes to run (default all; e.g. 'm' in a second process "
+                             "with its own --out, merged back with --merge): each size is tuned independently")
     parser.add_argument("--problems", default=None,
                         help=f"single-budget problems for the 'problems' stage, comma list of {list(PROBLEMS)} "
                              "(default: the protocol's)")
@@ -57,16 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         protocol = Protocol(**{**protocol.__dict__, "problems": tuple(_choices(args.problems, PROBLEMS, "problem"))})
     optimizers = None if args.optimizers is None else _choices(args.optimizers, OPTIMIZERS, "optimizer")
     stages = _choices(args.stages, dict.fromkeys(STAGES), "stage")
-    print(run_benchmark(protocol, args.out, stages=stages, optimizers=optimizers, train=not args.report_only,
-                        merge=args.merge))
+    sizes = None if args.sizes is None else _choices(args.sizes, {s.tag: s for s in protocol.sizes}, "model size")
+    print(run_benchmark(protocol, args.out, stages=stages, optimizers=optimizers, sizes=sizes,
+                        train=not args.report_only, merge=args.merge))
     return 0
 
 
 def run_benchmark(protocol: Protocol, out: Path, *, stages: list[str] = list(STAGES),
-                  optimizers: list[str] | None = None, train: bool = True, progress: bool = True,
-                  merge: tuple[Path, ...] = ()) -> str:
-    """Merge ``merge`` in, run ``stages`` (unless ``train`` is False), then report; returns the
-    markdown tables."""
+                  optimizers: list[str] | None = None, sizes: list[str] | None = None, train: bool = True,
+                  progress: bool = True, merge: tuple[Path, ...] = ()) -> str:
+    """Merge ``merge`` in, run ``stages`` at the model sizes ``sizes`` (default all; unless
+    ``train`` is False), then report; returns the markdown tables."""
     store = RunStore(out / f"optimizers_{protocol.mode}.json", _meta(protocol))
     for path in merge:
         print(f"merged {store.merge(path)} new runs from {path}", file=sys.stderr)
@@ -80,7 +84,7 @@ def run_benchmark(protocol: Protocol, out: Path, *, stages: list[str] = list(STA
             bar.set_postfix_str(f"{record['optimizer']} lr={s['lr']:.3g} λ={s['weight_decay']:g} seed={record['seed']} "
                                 f"{'cached' if cached else 'final'}={'diverged' if loss is None else f'{loss:.4g}'}")
 
-        run_protocol(protocol, Sweep(store, protocol.tuning, on_run), stages, optimizers,
+        run_protocol(protocol, Sweep(store, protocol.tuning, on_run), stages, optimizers, sizes,
                      announce=lambda title: bar.set_description(title[:60]))
         bar.close()
     return report.write_report(store, protocol, out)

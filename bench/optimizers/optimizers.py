@@ -20,6 +20,12 @@ Conventions, the same for every optimizer so that one grid means the same thing 
   to the exact (SVD) factor. PolarGrad's variants take the exact ν = ‖X‖_* (``scale=
   "nuclear_exact"``), so that only the direction U differs between them (with ``scale=
   "nuclear"``, ν = ⟨X, U⟩ inherits U's error, and polarkernels refuses it for the quintic).
+- The manifold optimizers (``stiefel_muon``, ``stiefel_dual``, ``stiefel_admm``, ``spel``,
+  ``rsgd``; for :class:`bench.optimizers.problems.StiefelProblem`) keep the hidden matrices
+  (``split_params``' polar ones) on the Stiefel manifold and give the rest to AdamW as the
+  hybrids do. There is no weight decay on the manifold (the norm is fixed), so λ is 0 and not
+  tuned for them; lr and their momentum β are. The StiefelMuon solvers are capped at 10 polar
+  factors per step (warm-started), as in the library's benchmark of them.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from polarkernels.optim import Muon, PolarGrad, split_params
+from polarkernels.optim import Muon, PolarGrad, StiefelMuon, split_params
+
+from .manifold import RiemannianSGD
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ class OptimizerSpec:
     #: takes AdamW's tuned setting for the non-matrix parameters
     hybrid: bool = False
     polar: PolarFactor | None = None
+    #: keeps the hidden matrices on the Stiefel manifold: λ = 0 there, not tuned
+    manifold: bool = False
 
     @property
     def beta(self) -> float:
@@ -165,6 +175,28 @@ def _polargrad(factor: PolarFactor, *, polar_first: bool = False, momentum: floa
     return build
 
 
+def _split_manifold(model: nn.Module, adamw: Setting | None) -> tuple[list[nn.Parameter], list[dict]]:
+    """The hidden matrices (put on the manifold) and the AdamW groups pinned to AdamW's setting."""
+    groups = _groups(model, adamw)
+    return ([p for g in groups if g["algorithm"] == "polar" for p in g["params"]],
+            [g for g in groups if g["algorithm"] == "adamw"])
+
+
+def _stiefel_muon(solver: str) -> Builder:
+    def build(model: nn.Module, s: Setting, adamw: Setting | None) -> torch.optim.Optimizer:
+        on, rest = _split_manifold(model, adamw)
+        return StiefelMuon(rest, lr=s.lr, weight_decay=0.0, momentum=_beta(s, 0.95), stiefel=on, solver=solver,
+                           max_iter=10)
+    return build
+
+
+def _rsgd(model: nn.Module, s: Setting, adamw: Setting | None) -> Steppers:
+    on, rest = _split_manifold(model, adamw)
+    return Steppers([RiemannianSGD(on, lr=s.lr, momentum=_beta(s, 0.9)),
+                     *(torch.optim.AdamW(g["params"], lr=g["lr"], weight_decay=g["weight_decay"], betas=g["betas"])
+                       for g in rest)])
+
+
 QDWH = PolarFactor("qdwh", 6)             # converged (≤ 6 iterations; it stops early)
 PE = PolarFactor("polar_express")
 #: PolarGrad's default: 6 steps keep ν = ⟨X, U⟩ within 0.5% of ‖X‖_* (polarkernels.optim)
@@ -180,13 +212,19 @@ ABLATION = {"pe_bf16": PolarFactor("polar_express", 5, torch.bfloat16),
 
 #: Starting learning rates, from pilot sweeps (seed 0) at the quick budgets; "stdlib_lm" is the
 #: byte-level transformer family (every model size and data ratio), under the cosine schedule.
-_MUON_LR = {"quadratic": 0.1, "logistic": 0.1, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 1e-2}
+_MUON_LR = {"quadratic": 0.1, "logistic": 0.1, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 1e-2,
+            "stiefel_trace": 0.1, "stiefel_digits": 0.1}
+#: the manifold optimizers': StiefelMuon's solvers (best of a fixed grid, 2 seeds, in a pilot) and
+#: Riemannian SGD's (its step has the gradient's scale)
+_STIEFEL_LR = {"stiefel_trace": 0.3, "stiefel_digits": 0.1}
+_RSGD_LR = {"stiefel_trace": 10.0, "stiefel_digits": 1.0}
 _PG_PF_LR = {"quadratic": 1e-7, "logistic": 1e-6, "completion": 10.0, "digits_mlp": 3e-2, "stdlib_lm": 0.1}
 _LM = {"stdlib_lm"}
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     OptimizerSpec("adamw", "AdamW", _adamw, {
-        "quadratic": 0.3, "logistic": 3e-2, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 3e-3},
+        "quadratic": 0.3, "logistic": 3e-2, "completion": 0.1, "digits_mlp": 3e-3, "stdlib_lm": 3e-3,
+        "stiefel_trace": 1e-2, "stiefel_digits": 3e-3},
         betas=(0.9, 0.95, ADAMW_BETA2, 0.995), weight_decay=0.1),
     OptimizerSpec("sgd", "SGD (Nesterov)", _sgd, {
         "quadratic": 1e-7, "logistic": 1e-5, "completion": 10.0, "digits_mlp": 0.1},
@@ -212,4 +250,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
                     _polargrad(factor, polar_first=True, scale="nuclear_exact"),
                     {k: v for k, v in _PG_PF_LR.items() if k in _LM},
                     weight_decay=0.01, hybrid=True, polar=factor) for key, factor in ABLATION.items()),
+    *(OptimizerSpec(name, label, _stiefel_muon(solver), dict(_STIEFEL_LR), hybrid=True, manifold=True)
+      for name, label, solver in (("stiefel_muon", "StiefelMuon, fixed point", "fixed_point"),
+                                  ("stiefel_dual", "StiefelMuon, dual ascent", "dual_ascent"),
+                                  ("stiefel_admm", "StiefelMuon, ADMM", "admm"),
+                                  ("spel", "MCSD/SPEL (StiefelMuon, one msign)", "spel"))),
+    OptimizerSpec("rsgd", "Riemannian SGD (polar retraction)", _rsgd, dict(_RSGD_LR), betas=(0.8, 0.9, 0.95),
+                  hybrid=True, manifold=True),
 )}

@@ -1,5 +1,6 @@
 """The benchmark problems: three matrix problems from PolarGrad, small real networks (an MLP, a
-byte-level transformer and its mixture-of-experts variant).
+byte-level transformer and its mixture-of-experts variant) and two problems on the Stiefel
+manifold (an eigenspace and an MLP with semi-orthogonal hidden matrices).
 
 Every problem builds its data once, deterministically, from a fixed data seed (or from files
 that ship with Python or scikit-learn: nothing is downloaded). A run seed only changes the
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polarkernels.optim import MatrixView
+from polarkernels.optim import MatrixView, project_to_stiefel_, split_params
 
 #: Data seed of the PolarGrad scripts (``seed=42``); the data never depend on the run seed.
 DATA_SEED = 42
@@ -56,6 +57,8 @@ class Problem(ABC):
     log_scale: bool
     #: step budgets by mode: "full", "quick", and "test" (the test suite's smoke run)
     budgets: dict[str, Budget]
+    #: whether the sweep tunes weight decay here (not where it would change the objective)
+    tunes_weight_decay: bool = True
 
     def provenance(self) -> dict[str, object]:
         """What a reader needs to know the data were the same: recorded in the results JSON."""
@@ -76,6 +79,8 @@ class Problem(ABC):
 
 class MatrixProblem(Problem):
     """A problem whose parameters are plain matrices; the runner also logs ‖∇f‖_* and κ₂(∇f)."""
+
+    tunes_weight_decay = False
 
     @abstractmethod
     def gradient(self, model: nn.Module) -> dict[str, Tensor]:
@@ -461,9 +466,141 @@ class StdlibMoELM(StdlibCharLM):
     model_options = {"experts": 4, "top_k": 2}
 
 
+class StiefelProblem(Problem):
+    """A problem whose hidden matrices (the polar group of ``split_params``) belong on the Stiefel
+    manifold St(m, n) = {W : WᵀW = I} (a wide W: WWᵀ = I). They start there (``build`` projects
+    them); the manifold optimizers keep them there, the unconstrained ones need not.
+    ``evaluate`` also reports ``orthogonality``: max over them of ‖WᵀW − I‖_F (‖WWᵀ − I‖_F if wide)."""
+
+    #: the manifold optimizers of :mod:`bench.optimizers.optimizers`, unconstrained Muon and AdamW
+    optimizers = ("stiefel_muon", "stiefel_dual", "stiefel_admm", "spel", "rsgd", "muon")
+    reported = ("orthogonality",)
+
+    @staticmethod
+    def on_manifold(model: nn.Module) -> list[nn.Parameter]:
+        """The parameters on the manifold: ``split_params``' polar ones."""
+        return [p for g in split_params(model) if g["algorithm"] == "polar" for p in g["params"]]
+
+    @staticmethod
+    def orthogonality(model: nn.Module) -> float:
+        errors = []
+        for w in StiefelProblem.on_manifold(model):
+            w = w.detach().double()
+            gram = w.mT @ w if w.shape[0] >= w.shape[1] else w @ w.mT
+            errors.append(float(torch.linalg.matrix_norm(gram - torch.eye(len(gram), dtype=gram.dtype))))
+        return max(errors)
+
+
+class Subspace(nn.Module):
+    """One m×n matrix ``w`` (a basis of an n-dimensional subspace of ℝᵐ)."""
+
+    def __init__(self, m: int, n: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(m, n))
+
+
+class StiefelTrace(StiefelProblem):
+    """The top-n eigenspace of an m×m symmetric A with a known spectrum, as maximisation of the
+    generalised Rayleigh quotient tr((WᵀW)⁻¹WᵀAW) over W ∈ ℝ^{m×n} (= tr(WᵀAW) on the manifold).
+
+    It is invariant to W → WR, so unconstrained optimizers are well posed on it. A = Q diag(λ) Qᵀ
+    with λ = linspace(1, 0.01, m)² (gap λₙ/λₙ₊₁ ≈ 1.02 at n = 8) and Q Haar-random from the data
+    seed. Metric: 1 − tr((WᵀW)⁻¹WᵀAW)/(λ₁ + … + λₙ), in float64 (float32 floors it at ~1e-7).
+    """
+
+    name = "stiefel_trace"
+    title = "Top-8 eigenspace of a 96×96 matrix (Rayleigh quotient, Stiefel)"
+    metric = "relative eigenvalue-sum gap"
+    log_scale = True
+    tunes_weight_decay = False          # scale-invariant objective: λ would only shrink W
+    budgets = {"full": Budget(30, 10), "quick": Budget(10, 2), "test": Budget(3, 1)}
+
+    def __init__(self, m: int = 96, n: int = 8) -> None:
+        gen = torch.Generator().manual_seed(DATA_SEED)
+        q = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))[0]
+        spectrum = torch.linspace(1.0, 0.01, m, dtype=torch.float64) ** 2
+        self.a = (q * spectrum) @ q.mT
+        self.best = float(spectrum[:n].sum())
+        self.shape = (m, n)
+
+    def build(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = Subspace(*self.shape)
+        project_to_stiefel_(model.w)
+        return model
+
+    def _gap(self, w: Tensor) -> Tensor:
+        a = self.a.to(w.dtype)
+        return 1 - torch.trace(torch.linalg.solve(w.mT @ w, w.mT @ a @ w)) / self.best
+
+    def train_loss(self, model: nn.Module, gen: torch.Generator) -> Tensor:
+        return self._gap(model.w)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {"loss": float(self._gap(model.w.double())), "orthogonality": self.orthogonality(model)}
+
+
+class TanhMLP(nn.Module):
+    """inputs → hidden[0] → … → classes with tanh: the ``hidden`` Linear layers, then ``head``."""
+
+    def __init__(self, inputs: int, hidden: tuple[int, ...], classes: int) -> None:
+        super().__init__()
+        sizes = (inputs, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.head = nn.Linear(sizes[-1], classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.hidden:
+            x = torch.tanh(layer(x))
+        return self.head(x)
+
+
+class StiefelDigitsMLP(StiefelProblem):
+    """A 64 → 96 → 32 → 10 tanh MLP on scikit-learn's digits whose two hidden matrices (96×64 tall,
+    32×96 wide) are on the manifold; biases and the head are ordinary parameters (AdamW's in every
+    hybrid). Inputs standardised per pixel; fixed split from the data seed, 1400 train, the rest
+    (397) held out. Metric: held-out cross-entropy; minibatch 64."""
+
+    name = "stiefel_digits"
+    title = "MLP 64-96-32-10 (tanh) on scikit-learn digits, hidden matrices on the Stiefel manifold"
+    metric = "val loss"
+    log_scale = True
+    budgets = {"full": Budget(150, 15), "quick": Budget(30, 3), "test": Budget(3, 1)}
+
+    def __init__(self, batch: int = 64) -> None:
+        from sklearn.datasets import load_digits   # ships its data; no download
+
+        self.batch = batch
+        digits = load_digits()
+        x = torch.tensor(digits.data, dtype=torch.float32)
+        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        y = torch.tensor(digits.target, dtype=torch.long)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DATA_SEED))
+        self.train = x[order[:1400]], y[order[:1400]]
+        self.val = x[order[1400:]], y[order[1400:]]
+
+    def build(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = TanhMLP(64, (96, 32), 10)
+        project_to_stiefel_(self.on_manifold(model))
+        return model
+
+    def train_loss(self, model: nn.Module, gen: torch.Generator) -> Tensor:
+        x, y = self.train
+        rows = torch.randint(0, len(y), (self.batch,), generator=gen)
+        return F.cross_entropy(model(x[rows]), y[rows])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        x, y = self.val
+        return {"loss": float(F.cross_entropy(model(x), y)), "orthogonality": self.orthogonality(model)}
+
+
 def _read_bytes(files: list[Path]) -> Tensor:
     return torch.frombuffer(bytearray(b"".join(f.read_bytes() for f in files)), dtype=torch.uint8)
 
 
 PROBLEMS: dict[str, type[Problem]] = {p.name: p for p in (
-    MatrixCompletion, DigitsMLP, QuadraticRegression, LogisticRegression, StdlibCharLM, StdlibMoELM)}
+    MatrixCompletion, DigitsMLP, QuadraticRegression, LogisticRegression, StdlibCharLM, StdlibMoELM,
+    StiefelTrace, StiefelDigitsMLP)}

@@ -1,13 +1,14 @@
 """The benchmark's protocols (full, quick, test) and the order their studies run in.
 
-A protocol runs up to four studies (``--stages``), each a set of cells tuned by
+A protocol runs up to six studies (``--stages``), each a set of cells tuned by
 :class:`bench.optimizers.sweep.Sweep`:
 
 - ``scaling``: the byte-level transformer at every model size × data/model ratio, AdamW, Muon
-  and PolarGrad under the decaying schedule. The first cell (smallest size, smallest ratio)
-  gets the full coordinate descent; every later cell starts from the previous ratio's choice
-  (the smaller size's at the same ratio, for the first ratio of a larger size) and re-tunes the
-  learning rate (phase II of Wen et al.).
+  and PolarGrad under the decaying schedule. Each size's first cell (its smallest ratio) gets
+  the full coordinate descent (the same budget for every optimizer and every size), so the sizes
+  are independent and can run in parallel processes (``--sizes``); every later ratio of a size
+  starts from that size's previous ratio's choice and re-tunes the learning rate (phase II of
+  Wen et al.).
 - ``ablation``: Muon and polar-first PolarGrad with four polar factors (5-step Polar Express
   bf16, Muon's quintic, cubic Newton–Schulz, exact SVD) at one scaling cell, each re-tuning the
   learning rate from the main variant's choice there.
@@ -20,10 +21,13 @@ A protocol runs up to four studies (``--stages``), each a set of cells tuned by
   re-tuned from its choice at the largest ratio: more of AdamW's loss-vs-budget curve, so that an
   optimizer ending below AdamW's loss at the largest ratio gets a speedup rather than a bound.
 - ``problems``: single-budget problems of :data:`bench.optimizers.problems.PROBLEMS` (each at
-  its own ``budgets[mode]``), full descent, every optimizer that has a starting point for it.
+  its own ``budgets[mode]``), full descent, every optimizer that has a starting point for it
+  (the Stiefel problems: the manifold optimizers, unconstrained Muon and AdamW).
 
-Order: scaling at the smallest size, the ablation, the schedule check, the larger sizes, the MoE
-variant, AdamW's curve, the problems, so that an interrupted run has answered the most questions.
+Order: per model size (of ``sizes``, default all), its scaling cells, then the studies at that
+size (ablation, schedule check, MoE variant); then AdamW's curve at every size run; then the
+problems; so that an interrupted run has answered the most questions. A study whose cell is at
+a size not run is skipped.
 """
 
 from __future__ import annotations
@@ -89,17 +93,26 @@ _TUNING = {"full": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.01, 0.03, 0.1, 0.
            "test": Tuning(lr_factor=2.0, weight_decays=(0.0, 0.1), runs=2, retune_runs=1, seeds=2)}
 
 PROTOCOLS = {
-    # sized to ~20 CPU-minutes (0.625-2.5 tokens/param = 1/32-1/8 Chinchilla): the 2-core machine
-    # is shared, and this run got 20-50% of one core
-    "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 80, 2, 2)),
-                     (0.625, 1.25, 2.5), context=64, batch=16, evals=12, size_seeds=(3, 2), adamw_curve=(5.0,),
-                     problems=()),
+    # Data/model ratios 1/64, 1/16 and 1/4 of Chinchilla's 20 tokens/param (16× apart), sizes
+    # 2.1× apart in counted parameters (116k, 248k); AdamW's curve at 2× the largest ratio.
+    # Sized for two processes on the 2-core machine: A = `--sizes s` (s scaling, ablation,
+    # schedule, MoE, s curve, problems) and B = `--sizes m --stages scaling,curve`.
+    # `python -m bench.optimizers.plan` (worst case: every descent spends its whole budget; CPU
+    # ms per step and per evaluation measured at one torch thread) on the idle machine (load
+    # ~1.5, 2026-12-02): A ≈ 21 CPU-min (s scaling 9, ablation 3.5, schedule 1, MoE 2.2, s curve
+    # 1.7, problems 7.2), B ≈ 28 (m scaling 20.5, m curve 7.8); on one core each that is their
+    # wall time, ~42 min for B if the shared machine runs 1.5× slower. Matrix logistic
+    # regression is left out of the problems: 12 CPU-min (its evaluation is a 10000-row
+    # objective plus an SVD of the gradient).
+    "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 96, 2, 2)),
+                     (0.3125, 1.25, 5.0), context=64, batch=16, evals=12, size_seeds=(3, 2), adamw_curve=(10.0,),
+                     problems=("stiefel_trace", "stiefel_digits", "digits_mlp", "quadratic", "completion")),
     "quick": Protocol("quick", _TUNING["quick"], (ModelSize("s", 32, 1, 2), ModelSize("m", 48, 1, 2)),
                       (0.25, 0.5, 1.0), context=32, batch=8, evals=6, ablation_cell=("s", 0),
-                      problems=("quadratic",)),
+                      problems=("quadratic", "stiefel_trace", "stiefel_digits")),
     "test": Protocol("test", _TUNING["test"], (ModelSize("s", 16, 1, 2), ModelSize("m", 24, 1, 2)),
                      (0.02, 0.04), context=8, batch=2, evals=2, ablation_cell=("s", 0), schedule_cell=("s", 0),
-                     ablation=("pe_bf16", "svd"), problems=("quadratic",), size_seeds=(2, 1),
+                     ablation=("pe_bf16", "svd"), problems=("quadratic", "stiefel_trace"), size_seeds=(2, 1),
                      adamw_curve=(0.08,)),
 }
 
@@ -177,49 +190,50 @@ def single_cell(p: Protocol, problem: Problem) -> Cell:
 
 
 def run_protocol(p: Protocol, sweep: Sweep, stages: Iterable[str] = STAGES,
-                 optimizers: Iterable[str] | None = None,
+                 optimizers: Iterable[str] | None = None, sizes: Iterable[str] | None = None,
                  announce: Callable[[str], None] = lambda title: None) -> None:
-    """Run ``stages`` of ``p`` in the module docstring's order (``optimizers`` restricts the
-    single-budget problems' optimizers; the studies have fixed sets)."""
+    """Run ``stages`` of ``p`` at the model sizes tagged ``sizes`` (default all) in the module
+    docstring's order (``optimizers`` restricts the single-budget problems' optimizers; the
+    studies have fixed sets). The scaling cells of a size are (re)visited whenever a stage at
+    that size needs their choices: recorded runs are reused, so this costs nothing on resume."""
     stages = set(stages)
-    cells = scaling_cells(p)
+    tags = [s.tag for s in p.sizes] if sizes is None else list(sizes)
+    unknown = set(tags) - {s.tag for s in p.sizes}
+    if unknown:
+        raise ValueError(f"unknown model size(s) {sorted(unknown)}; the protocol has {[s.tag for s in p.sizes]}")
     chosen: dict[tuple[str, float], dict[str, Setting]] = {}
 
-    def scaling(sizes: list[ModelSize]) -> None:
-        for c in cells:
-            if c.size not in sizes:
-                continue
-            i, j = p.sizes.index(c.size), p.tokens_per_param.index(c.tokens_per_param)
-            start = (chosen[c.size.tag, p.tokens_per_param[j - 1]] if j > 0
-                     else chosen[p.sizes[i - 1].tag, c.tokens_per_param] if i > 0 else None)
+    def scaling(size: ModelSize) -> None:
+        for j, c in enumerate(c for c in scaling_cells(p) if c.size == size):
+            start = chosen[size.tag, p.tokens_per_param[j - 1]] if j > 0 else None    # first ratio: full descent
             announce(f"scaling {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param, {c.cell.budget.steps} steps")
-            chosen[c.size.tag, c.tokens_per_param] = sweep.cell(c.cell, MAIN, start, seeds=p.seeds(c.size))
+            chosen[size.tag, c.tokens_per_param] = sweep.cell(c.cell, MAIN, start, seeds=p.seeds(size))
 
-    if stages & {"scaling", "ablation", "schedule", "moe", "curve"}:
-        scaling([p.sizes[0]])
-    if "ablation" in stages:
-        a = ablation_cell(p).cell
-        base = chosen[ablation_cell(p).size.tag, ablation_cell(p).tokens_per_param]
-        announce(f"ablation {a.problem.name}, {a.budget.steps} steps")
-        starts = {f"{opt}_{key}": base[opt] for opt in ("muon", "polargrad") for key in p.ablation}
-        sweep.cell(a, starts, starts, adamw=base["adamw"], seeds=p.seeds(ablation_cell(p).size))
-    if "schedule" in stages:
-        c = schedule_cell(p)
-        at = _at(p, p.schedule_cell)
-        base = chosen[at.size.tag, at.tokens_per_param]
-        announce(f"schedule check {c.problem.name}, {c.schedule.label}")
-        sweep.cell(c, MAIN, base, seeds=p.seeds(_at(p, p.schedule_cell).size))
-    if stages & {"scaling", "curve"}:
-        scaling(list(p.sizes[1:]))
-    if "moe" in stages and (moe := moe_cell(p)) is not None:
-        at = ablation_cell(p)
-        announce(f"MoE {moe.problem.name}, {moe.budget.steps} steps")
-        sweep.cell(moe, MAIN, chosen[at.size.tag, at.tokens_per_param], seeds=p.seeds(at.size))
+    at_size = {"ablation": p.ablation_cell[0], "schedule": p.schedule_cell[0], "moe": p.ablation_cell[0]}
+    for size in (s for s in p.sizes if s.tag in tags):
+        studies = [stage for stage in ("ablation", "schedule", "moe") if stage in stages and at_size[stage] == size.tag]
+        if studies or stages & {"scaling", "curve"}:
+            scaling(size)
+        if "ablation" in studies:
+            a = ablation_cell(p)
+            base = chosen[a.size.tag, a.tokens_per_param]
+            announce(f"ablation {a.cell.problem.name}, {a.cell.budget.steps} steps")
+            starts = {f"{opt}_{key}": base[opt] for opt in ("muon", "polargrad") for key in p.ablation}
+            sweep.cell(a.cell, starts, starts, adamw=base["adamw"], seeds=p.seeds(size))
+        if "schedule" in studies:
+            c, at = schedule_cell(p), _at(p, p.schedule_cell)
+            announce(f"schedule check {c.problem.name}, {c.schedule.label}")
+            sweep.cell(c, MAIN, chosen[at.size.tag, at.tokens_per_param], seeds=p.seeds(size))
+        if "moe" in studies and (moe := moe_cell(p)) is not None:
+            at = ablation_cell(p)
+            announce(f"MoE {moe.problem.name}, {moe.budget.steps} steps")
+            sweep.cell(moe, MAIN, chosen[at.size.tag, at.tokens_per_param], seeds=p.seeds(size))
     if "curve" in stages:
         for c in scaling_cells(p, p.adamw_curve):
-            announce(f"AdamW curve {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param")
-            start = {"adamw": chosen[c.size.tag, p.tokens_per_param[-1]]["adamw"]}
-            sweep.cell(c.cell, [], start, seeds=p.seeds(c.size))
+            if c.size.tag in tags:
+                announce(f"AdamW curve {c.cell.problem.name}, {c.tokens_per_param:g} tokens/param")
+                start = {"adamw": chosen[c.size.tag, p.tokens_per_param[-1]]["adamw"]}
+                sweep.cell(c.cell, [], start, seeds=p.seeds(c.size))
     if "problems" in stages:
         for problem in single_problems(p):
             announce(f"problem {problem.name}")

@@ -39,7 +39,7 @@ def run(problem: Problem, spec: OptimizerSpec, setting: Setting, seed: int, budg
     gen = torch.Generator().manual_seed(1_000_003 * (seed + 1))
     evals = set(budget.eval_steps())
     curve: dict[str, list[float]] = {}
-    log(curve, 0, _metrics(problem, model))
+    log(curve, 0, metrics(problem, model))
     start_loss = curve["loss"][0]
     diverged = False
     train_s = step_s = 0.0
@@ -66,7 +66,7 @@ def run(problem: Problem, spec: OptimizerSpec, setting: Setting, seed: int, budg
         step_s += t2 - t1
         steps_done = step
         if step in evals:
-            log(curve, step, _metrics(problem, model))
+            log(curve, step, metrics(problem, model))
             last = curve["loss"][-1]
             if not math.isfinite(last) or last > DIVERGED_FACTOR * max(start_loss, 1e-12):
                 diverged = True
@@ -89,14 +89,15 @@ def log(curve: dict[str, list[float]], step: int, metrics: dict[str, float]) -> 
         curve.setdefault(key, []).append(float(f"{value:.5g}") if math.isfinite(value) else value)
 
 
-def _metrics(problem: Problem, model: torch.nn.Module) -> dict[str, float]:
-    metrics = problem.evaluate(model)
+def metrics(problem: Problem, model: torch.nn.Module) -> dict[str, float]:
+    """One evaluation: the problem's metrics, and ‖∇f‖_*, κ₂(∇f) per parameter on matrix problems."""
+    out = problem.evaluate(model)
     if isinstance(problem, MatrixProblem):
         for name, g in problem.gradient(model).items():
             if not torch.isfinite(g).all():                               # diverging: logged as null
-                metrics[f"grad_nuc/{name}"] = metrics[f"grad_cond/{name}"] = math.nan
+                out[f"grad_nuc/{name}"] = out[f"grad_cond/{name}"] = math.nan
                 continue
             s = torch.linalg.svdvals(g.double())
-            metrics[f"grad_nuc/{name}"] = float(s.sum())                  # ‖∇f‖_*
-            metrics[f"grad_cond/{name}"] = float(s[0] / s[-1])            # κ₂(∇f) = σ_max/σ_min
-    return metrics
+            out[f"grad_nuc/{name}"] = float(s.sum())                      # ‖∇f‖_*
+            out[f"grad_cond/{name}"] = float(s[0] / s[-1])                # κ₂(∇f) = σ_max/σ_min
+    return out

@@ -23,15 +23,19 @@ import torch
 from .optimizers import OPTIMIZERS, Setting
 from .problems import Problem
 from .protocol import PROTOCOLS, ablation_cell, lm_problem, moe_cell
+from .sweep import family
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "optimizers_step_cost.json"
 
 
 def step_cost(problem: Problem, name: str, steps: int) -> dict[str, float]:
     """Median CPU ms per training step and per ``optimizer.step()`` of ``name`` on ``problem``."""
-    spec = OPTIMIZERS[name]
+    spec, key = OPTIMIZERS[name], family(problem)
+    decay = spec.weight_decay if problem.tunes_weight_decay and not spec.manifold else 0.0
     model = problem.build(0)
-    opt = spec.build(model, Setting(1e-3, 0.1, spec.beta), Setting(1e-3, 0.1, 0.95) if spec.hybrid else None)
+    # at the coordinate descent's starting point (a setting that does not diverge)
+    opt = spec.build(model, Setting(spec.lr_center[key], decay, spec.beta),
+                     Setting(OPTIMIZERS["adamw"].lr_center[key], 0.1, 0.95) if spec.hybrid else None)
     gen = torch.Generator().manual_seed(0)
     total, inner = [], []
     for i in range(steps + 5):

@@ -32,7 +32,7 @@ from typing import Any
 from polarkernels.optim import split_params
 
 from .optimizers import OPTIMIZERS, OptimizerSpec, Setting
-from .problems import Budget, MatrixProblem, Problem
+from .problems import Budget, Problem
 from .runner import run
 from .schedules import LRSchedule
 from .store import RunStore, run_key
@@ -186,10 +186,10 @@ class Sweep:
 
         moves: dict[str, Move] = {"lr": lr_move}
         if start is None:
+            decays = cell.problem.tunes_weight_decay and not spec.manifold
             wd = min(t.weight_decays, key=lambda w: abs(w - spec.weight_decay))     # nearest on the grid
-            start = Setting(lr_at(center, t.lr_factor, 0), 0.0 if isinstance(cell.problem, MatrixProblem)
-                            else wd, spec.beta)
-            if not isinstance(cell.problem, MatrixProblem):
+            start = Setting(lr_at(center, t.lr_factor, 0), wd if decays else 0.0, spec.beta)
+            if decays:
                 moves["weight_decay"] = grid_move("weight_decay", t.weight_decays)
             moves["beta"] = grid_move("beta", spec.betas)
         budget = t.runs if len(moves) > 1 else t.retune_runs
