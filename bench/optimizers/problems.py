@@ -59,6 +59,8 @@ class Problem(ABC):
     budgets: dict[str, Budget]
     #: whether the sweep tunes weight decay here (not where it would change the objective)
     tunes_weight_decay: bool = True
+    #: further keys of ``evaluate``'s result that the report tabulates (final, seed-mean)
+    reported: tuple[str, ...] = ()
 
     def provenance(self) -> dict[str, object]:
         """What a reader needs to know the data were the same: recorded in the results JSON."""
@@ -273,6 +275,7 @@ class DigitsMLP(Problem):
     name = "digits_mlp"
     title = "MLP 64-128-128-10 on scikit-learn digits"
     metric = "val loss"
+    reported = ("test_accuracy",)
     log_scale = True
     budgets = {"full": Budget(600, 30), "quick": Budget(150, 15), "test": Budget(4, 2)}
 

@@ -118,17 +118,18 @@ def polar_error(factor: PolarFactor, shape: tuple[int, int] = (64, 256), seed: i
 
 
 def cell_table(title: str, metric: str, summaries: dict[str, Summary], *, speedups: bool = True,
-               polar_errors: bool = False) -> str:
-    """One cell's table, best mean final loss first."""
+               polar_errors: bool = False, extras: tuple[str, ...] = ()) -> str:
+    """One cell's table, best mean final loss first; ``extras``: further final metrics (seed-mean)."""
     head = ["optimizer", "peak lr η", "λ", "β", f"final {metric} (mean ± sd, n)",
             *(["speedup vs AdamW"] if speedups else []), *(["polar error"] if polar_errors else []),
-            "ms/step", "optimizer ms/step", "tuning runs"]
+            *(f"final {k}" for k in extras), "ms/step", "optimizer ms/step", "tuning runs"]
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sorted(summaries.values(), key=lambda s: s.mean):
         polar = OPTIMIZERS[s.optimizer].polar
         cells = [s.label, *_setting(s), f"{_fmt(s.mean)} ± {s.std:.2g} ({len(s.finals)})",
                  *([str(s.speedup) if s.speedup is not None else "—"] if speedups else []),
                  *([f"{polar_error(polar):.1e}" if polar is not None else "—"] if polar_errors else []),
+                 *(f"{s.extras[k]:.3g}" if k in s.extras else "—" for k in extras),
                  f"{s.ms_per_step:.1f}", f"{s.optimizer_ms_per_step:.1f}", str(s.tuning_runs)]
         lines.append("| " + " | ".join(cells) + " |")
     flagged = [f"{s.label}: {', '.join(s.flags)}" for s in summaries.values() if s.flags]
@@ -275,7 +276,7 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
         if summaries:
             parts += [f"## {problem.title}", "", cell_table(f"{problem.title}: {c.budget.steps} steps, "
                                                             f"{c.schedule.label}", problem.metric, summaries,
-                                                            speedups=False), ""]
+                                                            speedups=False, extras=problem.reported), ""]
             plot_cells(out / f"optimizers_{p.mode}_{problem.name}.png", problem.title, c, summaries,
                        log_scale=problem.log_scale)
     text = "\n".join(parts)
@@ -286,7 +287,7 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
 def _colors() -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
-    return {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(OPTIMIZERS)}
+    return {name: plt.get_cmap("tab20" if i < 20 else "tab20b")(i % 20) for i, name in enumerate(OPTIMIZERS)}
 
 
 def _draw(ax: Any, cell: Cell, summaries: dict[str, Summary], colors: dict[str, Any], log_scale: bool) -> None:

@@ -12,11 +12,14 @@ import torch
 from bench.optimizers import sweep
 from bench.optimizers.__main__ import run_benchmark
 from bench.optimizers.optimizers import ABLATION, OPTIMIZERS, OptimizerSpec, Setting
-from bench.optimizers.problems import Budget, QuadraticRegression
-from bench.optimizers.protocol import PROTOCOLS, ablation_cell, moe_cell, scaling_cells, schedule_cell
+from bench.optimizers.plan import estimate, plan
+from bench.optimizers.problems import Budget, QuadraticRegression, StiefelTrace
+from bench.optimizers.protocol import (PROTOCOLS, ablation_cell, moe_cell, scaling_cells, schedule_cell,
+                                       single_cell)
 from bench.optimizers.runner import run
 from bench.optimizers.scaling import adamw_equivalent_speedup, counted_params, steps_for_ratio
 from bench.optimizers.schedules import SCHEDULES, LRSchedule
+from bench.optimizers.store import record_key
 from bench.optimizers.sweep import coordinate_descent
 
 
@@ -175,9 +178,15 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
             seeds = {r["seed"] for r in runs if r["problem"] == c.cell.problem.name and r["optimizer"] == name
                      and r["steps"] == c.cell.budget.steps and r["setting"] == t["chosen"]}
             assert seeds == set(range(protocol.seeds(c.size)))           # fewer at the larger size
-    first = scaling_cells(protocol)[0].cell.key
-    assert tunings[first]["adamw"]["axes"] == ["lr", "weight_decay", "beta"]     # full descent first
-    assert tunings[scaling_cells(protocol)[1].cell.key]["adamw"]["axes"] == ["lr"]   # then lr only
+    cells = scaling_cells(protocol)
+    first = cells[0].cell.key
+    for size in protocol.sizes:                 # every size's first ratio: full descent, then lr only
+        mine = [c.cell.key for c in cells if c.size == size]
+        for name in ("adamw", "muon", "polargrad"):
+            assert tunings[mine[0]][name]["axes"] == ["lr", "weight_decay", "beta"]
+            assert tunings[mine[0]][name]["start"]["lr"] == OPTIMIZERS[name].lr_center["stdlib_lm"]
+            assert tunings[mine[1]][name]["axes"] == ["lr"]
+            assert tunings[mine[1]][name]["start"] == tunings[mine[0]][name]["chosen"]
     # the hybrids' AdamW part is pinned to AdamW's choice at the same cell
     assert tunings[first]["muon"]["adamw"] == tunings[first]["adamw"]["chosen"]
     ablation = tunings[ablation_cell(protocol).cell.key]
@@ -186,6 +195,14 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     wsd = schedule_cell(protocol)
     assert {r["schedule"]["kind"] for r in runs if r["problem"] == wsd.problem.name} == {"cosine", "wsd"}
     assert any(r["problem"] == "quadratic" for r in runs)
+    # the Stiefel problem: manifold optimizers and unconstrained Muon through the same sweep, no λ
+    trace = tunings[single_cell(protocol, StiefelTrace()).key]
+    assert set(trace) == {"adamw", *StiefelTrace.optimizers}
+    for name, t in trace.items():
+        assert t["axes"] == ["lr", "beta"] and t["chosen"]["weight_decay"] == 0.0, name
+    for r in runs:
+        if r["problem"] == "stiefel_trace" and OPTIMIZERS[r["optimizer"]].manifold and not r["diverged"]:
+            assert r["final"]["orthogonality"] < 1e-4      # float32 polar retractions, ~1e-6 per step
     for c in scaling_cells(protocol, protocol.adamw_curve):                  # AdamW alone, longer
         assert list(tunings[c.cell.key]) == ["adamw"] and tunings[c.cell.key]["adamw"]["axes"] == ["lr"]
     moe = moe_cell(protocol)                       # the MoE variant, at the ablation's size and steps
@@ -194,7 +211,8 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
                     "Mixture-of-experts variant"):
         assert heading in text
     assert (tmp_path / "optimizers_test.md").read_text().strip() == text.strip()
-    for name in ("lm_s", "lm_m", "ablation", "schedule", "moe", "quadratic"):
+    assert "final orthogonality" in text
+    for name in ("lm_s", "lm_m", "ablation", "schedule", "moe", "quadratic", "stiefel_trace"):
         assert (tmp_path / f"optimizers_test_{name}.png").stat().st_size > 0
     capsys.readouterr()
 
@@ -215,6 +233,18 @@ def test_protocol_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     (split / "optimizers_test.json").write_text(json.dumps(rest))
     (tmp_path / "part.json").write_text(json.dumps(part))
     assert run_benchmark(protocol, split, progress=False, merge=(tmp_path / "part.json",)) == text
+    # the documented two-process run: A = --sizes s (every stage), B = --sizes m --stages scaling,curve
+    # in its own folder, merged into A: the same runs and tunings as the single process
+    monkeypatch.undo()
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_benchmark(protocol, a, sizes=["s"], progress=False)
+    run_benchmark(protocol, b, sizes=["m"], stages=["scaling", "curve"], progress=False)
+    only_b = json.loads((b / "optimizers_test.json").read_text())
+    assert {r["problem"] for r in only_b["runs"]} == {"stdlib_lm_m"}
+    run_benchmark(protocol, a, train=False, progress=False, merge=(b / "optimizers_test.json",))
+    merged = json.loads((a / "optimizers_test.json").read_text())
+    assert merged["tunings"] == tunings             # same choices from the same (deterministic) losses
+    assert {record_key(r): r["final"] for r in merged["runs"]} == {record_key(r): r["final"] for r in runs}
 
 
 def test_every_optimizer_builds_on_the_transformer():
@@ -233,6 +263,8 @@ def test_cli_validates_names_and_reports_from_an_empty_store(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="unknown stage"):
         main(["--quick", "--stages", "scaling,nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown model size"):
+        main(["--quick", "--sizes", "s,xl", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown problem"):
         main(["--quick", "--problems", "nope", "--out", str(tmp_path)])
     assert main(["--quick", "--report-only", "--out", str(tmp_path)]) == 0     # nothing recorded: headings only
@@ -249,3 +281,38 @@ def test_step_cost_measures_cpu_time_per_step():
         assert 0 < r["optimizer_ms_per_step"] <= r["ms_per_step"]
     table = markdown(results)
     assert "| s | AdamW |" in table and table.count("\n") == 3 and "1.00× |" in table
+
+
+def test_plan_bounds_the_runs_of_a_process(tmp_path):
+    """The dry run visits the cells the protocol runs, and its worst case bounds the runs made."""
+    protocol = PROTOCOLS["test"]
+    planned = plan(protocol, ["scaling", "curve"], sizes=["m"])
+    run_benchmark(protocol, tmp_path, sizes=["m"], stages=["scaling", "curve"], progress=False)
+    saved = json.loads((tmp_path / "optimizers_test.json").read_text())
+    assert {(r.cell.key, r.optimizer) for r in planned} == {(cell, name) for cell, ts in saved["tunings"].items()
+                                                            for name in ts}
+    for r in planned:
+        made = {record_key(x) for x in saved["runs"] if x["problem"] == r.cell.problem.name
+                and x["optimizer"] == r.optimizer and x["steps"] == r.cell.budget.steps}
+        assert 0 < len(made) <= r.runs
+    total, by_cell = estimate(planned[:2], steps=1)
+    assert total > 0 and total == pytest.approx(sum(by_cell.values()))
+
+
+def test_manifold_optimizers_keep_the_weights_on_the_manifold():
+    from bench.optimizers.problems import StiefelDigitsMLP
+
+    problem = StiefelDigitsMLP()
+    for name in StiefelDigitsMLP.optimizers:
+        spec = OPTIMIZERS[name]
+        model = problem.build(0)
+        opt = spec.build(model, Setting(spec.lr_center["stiefel_digits"], 0.0, spec.beta), Setting(3e-3, 0.1, 0.98))
+        for _ in range(3):
+            opt.zero_grad()
+            problem.train_loss(model, torch.Generator().manual_seed(0)).backward()
+            opt.step()
+        orthogonality = problem.evaluate(model)["orthogonality"]
+        if spec.manifold:                        # float32 polar retractions: ~1e-6 after 3 steps
+            assert orthogonality < 1e-4, name
+        else:                                    # unconstrained Muon leaves the manifold
+            assert orthogonality > 1e-2, name

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from bench.optimizers.problems import (DigitsMLP, LogisticRegression, MatrixCompletion,
-                                       QuadraticRegression, StdlibCharLM, stdlib_corpus)
+from bench.optimizers.problems import (DigitsMLP, LogisticRegression, MatrixCompletion, QuadraticRegression,
+                                       StdlibCharLM, StiefelDigitsMLP, StiefelTrace, stdlib_corpus)
 
 # float32 gradients of these small problems against float64 autograd: the products are sums of
 # ≤ 60 terms, so the error is a few float32 eps (1.2e-7) times the conditioning of the sums;
@@ -154,3 +154,34 @@ def test_stdlib_lm_data_and_model():
         assert torch.allclose(model(x)[:, :-1], model(y)[:, :-1], atol=1e-6)
     loss = prob.train_loss(model, torch.Generator().manual_seed(0))
     assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_stiefel_trace_gap_and_invariance():
+    prob = StiefelTrace(m=24, n=4)
+    eigvals, eigvecs = torch.linalg.eigh(prob.a)                  # ascending
+    assert prob.best == pytest.approx(float(eigvals[-4:].sum()), rel=1e-12)   # float64 eigh
+    model = prob.build(seed=0)
+    # built on the manifold: ‖WᵀW − I‖_F at float32 rounding (polar of a 24×4 matrix, ~1e-7)
+    assert prob.evaluate(model)["orthogonality"] < 1e-5
+    gap = prob.evaluate(model)["loss"]
+    assert 0 < gap < 1
+    # the top eigenvectors close the gap (float64 metric: ~1e-16; 1e-12 is generous)
+    with torch.no_grad():
+        model.w.copy_(eigvecs[:, -4:].float())
+    assert abs(prob.evaluate(model)["loss"]) < 1e-6              # float32 eigenvectors: ~1e-7
+    # the generalised Rayleigh quotient is invariant to W → WR (R invertible): float64, 1e-10
+    fresh = prob.build(seed=1)
+    r = torch.randn(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 4 * torch.eye(4)
+    w = fresh.w.detach().double()
+    assert float(prob._gap(w @ r)) == pytest.approx(float(prob._gap(w)), abs=1e-10)
+
+
+def test_stiefel_digits_split_and_manifold():
+    prob = StiefelDigitsMLP()
+    assert len(prob.train[1]) == 1400 and len(prob.val[1]) == 397
+    model = prob.build(seed=0)
+    assert [tuple(p.shape) for p in prob.on_manifold(model)] == [(96, 64), (32, 96)]   # the head is not
+    result = prob.evaluate(model)
+    assert result["orthogonality"] < 1e-5                         # float32 polar factors, ~1e-6
+    assert result["loss"] == pytest.approx(math.log(10), abs=0.5)  # untrained head: near-uniform
+    assert torch.isfinite(prob.train_loss(model, torch.Generator().manual_seed(0)))
