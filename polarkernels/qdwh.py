@@ -201,15 +201,20 @@ def _iterate(x: Tensor, ell: Tensor, done: Tensor, max_iter: int, tol_dx: float,
     num_iters = 0
     while num_iters < max_iter and not bool(done.all()):
         num_iters += 1
-        active = (~done).nonzero().squeeze(1)
-        xa, la = x[active], ell[active]
+        active = None if not bool(done.any()) else (~done).nonzero().squeeze(1)   # None: all of them
+        xa, la = (x, ell) if active is None else (x[active], ell[active])
         a, b, c = _weights(la)
         x_new = _step(xa, (a, b, c), gram)
         la = (la * (a + b * la**2) / (1 + c * la**2)).clamp(max=1.0)   # ℓ ← f(ℓ) [NBG10, §3]
-        dx = torch.linalg.matrix_norm(x_new - xa)
-        x = x.index_put((active,), x_new)
-        ell = ell.index_put((active,), la)
-        done = done.index_put((active,), (dx <= tol_dx) & (1 - la <= tol_l))
+        finished = 1 - la <= tol_l
+        if bool(finished.any()):   # ‖ΔX‖ only matters once ℓ is near 1 (the early steps skip it)
+            finished &= torch.linalg.matrix_norm(x_new - xa) <= tol_dx
+        if active is None:
+            x, ell, done = x_new, la, finished
+        else:
+            x = x.index_put((active,), x_new)
+            ell = ell.index_put((active,), la)
+            done = done.index_put((active,), finished)
     return x, num_iters, done
 
 
