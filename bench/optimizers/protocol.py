@@ -98,12 +98,13 @@ PROTOCOLS = {
     # Sized for two processes on the 2-core machine: A = `--sizes s` (s scaling, ablation,
     # schedule, MoE, s curve, problems) and B = `--sizes m --stages scaling,curve`.
     # `python -m bench.optimizers.plan` (worst case: every descent spends its whole budget; CPU
-    # ms per step and per evaluation measured at one torch thread) on the idle machine (load
-    # ~1.5, 2026-12-02): A ≈ 21 CPU-min (s scaling 9, ablation 3.5, schedule 1, MoE 2.2, s curve
-    # 1.7, problems 7.2), B ≈ 28 (m scaling 20.5, m curve 7.8); on one core each that is their
-    # wall time, ~42 min for B if the shared machine runs 1.5× slower. Matrix logistic
-    # regression is left out of the problems: 12 CPU-min (its evaluation is a 10000-row
-    # objective plus an SVD of the gradient).
+    # ms per step and per evaluation measured at one torch thread), idle machine (load ~1.5),
+    # 2026-12-02, three measurements: A ≈ 21-26 CPU-min (s scaling 8-10, ablation ~3, schedule 1,
+    # MoE 2.2-3, s curve 2, problems 7-12), B ≈ 20-28 (m scaling 15-20, m curve 5.4-7.8); plus
+    # ~0.1 s per run outside the steps (606 runs: ~1 min; checked on --quick: 198 runs, plan 0.9
+    # min of steps, 76 s wall). On one core each, that is their wall time: B ≤ ~45 min even if
+    # the shared machine runs 1.5× slower. Matrix logistic regression is left out of the
+    # problems: 12 CPU-min (its evaluation is a 10000-row objective plus an SVD of the gradient).
     "full": Protocol("full", _TUNING["full"], (ModelSize("s", 64, 2, 2), ModelSize("m", 96, 2, 2)),
                      (0.3125, 1.25, 5.0), context=64, batch=16, evals=12, size_seeds=(3, 2), adamw_curve=(10.0,),
                      problems=("stiefel_trace", "stiefel_digits", "digits_mlp", "quadratic", "completion")),
