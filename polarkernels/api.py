@@ -24,7 +24,7 @@ from . import backends, iterate, polar_backward, schedules
 from .arrays import COMPLEX_DTYPES, SUPPORTED_DTYPES, from_tensor, to_tensor
 from .gram_newton_schulz import gram_iterate
 from .qdwh import qdwh
-from .svd import svd_polar, svd_polar_decomposition
+from .svd import svd_polar, svd_polar_spectrum
 
 POLAR_METHODS = ("auto", "svd", "qdwh", "polar_express", "newton_schulz", "muon")
 ORTHOGONALIZE_METHODS = ("muon", "polar_express", "newton_schulz", "qdwh", "svd")
@@ -91,14 +91,15 @@ def polar(a: Any, side: str = "right", *, method: str = "auto", backend: str = "
     work = x.to(torch.float32) if x.dtype in _HALF else x
     if method == "auto":
         method = auto_polar_method(work.device)
+    spectrum = None  # the SVD's (V, σ): the backward then needs no eigendecomposition of its own
     with torch.no_grad():  # nothing per iteration is recorded: polar_backward differentiates the result
         if method == "svd":
-            u, h = svd_polar_decomposition(work.detach(), side, _svd_route(backend, work))
+            u, h, spectrum = svd_polar_spectrum(work.detach(), side, _svd_route(backend, work))
         else:
             u = _polar_factor(work.detach(), method, backend, steps, tol)
             h = _hermitian_factor(u, work.detach(), side)
     if polar_backward.needs_derivative(work):
-        u, h = polar_backward.attach(work, u, h, side)
+        u, h = polar_backward.attach(work, u, h, side, spectrum)
     return from_tensor(u.to(x.dtype), kind), from_tensor(h.to(x.dtype), kind)
 
 

@@ -4,8 +4,9 @@
 and hands them to :func:`attach`, whose :class:`PolarFunction` gives U and H the derivative of
 the exact factors. The rule depends only on the converged (U, H), so every method (SVD, QDWH,
 the polynomial iterations) gets the same gradient, memory does not grow with the step count,
-and a backward costs one k×k Hermitian eigendecomposition (k = min(m, n)), three m×k by k×k
-products and eight k×k ones.
+and a backward costs one k×k Hermitian eigendecomposition (k = min(m, n); none when the SVD
+route hands over its singular vectors, see :func:`attach`), three m×k by k×k products and
+eight k×k ones.
 
 Derivation (tall or square A, m ≥ k = n; A = U H, UᴴU = I, H = (AᴴA)^½ Hermitian PSD).
 Differentiating A = U H and UᴴU = I:
@@ -70,7 +71,8 @@ def needs_derivative(a: Tensor) -> bool:
     return forward_ad.unpack_dual(a).tangent is not None
 
 
-def attach(a: Tensor, u: Tensor, h: Tensor, side: str = "right") -> tuple[Tensor, Tensor]:
+def attach(a: Tensor, u: Tensor, h: Tensor, side: str = "right",
+           spectrum: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """(u, h) unchanged in value, as functions of ``a`` with the analytic polar derivative.
 
     Args:
@@ -79,6 +81,10 @@ def attach(a: Tensor, u: Tensor, h: Tensor, side: str = "right") -> tuple[Tensor
         h: its Hermitian factor, ``(..., n, n)`` (side="right", a = u h) or ``(..., m, m)``
             (side="left", a = h u), computed without autograd.
         side: "right" or "left".
+        spectrum: optionally (V, σ) with (A A^H)^½ = V diag(σ) V^H for wide A, (A^H A)^½ for
+            tall or square A (k = min(m, n): the right singular vectors of the tall orientation,
+            as an SVD gives them, in any order). A first-order backward then skips its
+            eigendecomposition; second derivatives and forward mode still compute their own.
     """
     if side not in SIDES:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
@@ -89,7 +95,14 @@ def attach(a: Tensor, u: Tensor, h: Tensor, side: str = "right") -> tuple[Tensor
                          f"{tuple(a.shape)} input with side={side!r}")
     if u.dtype != a.dtype or h.dtype != a.dtype:
         raise TypeError(f"a, u and h must share one dtype, got {a.dtype}, {u.dtype}, {h.dtype}")
-    return PolarFunction.apply(a, u, h, side)
+    if spectrum is not None:
+        v, sigma = spectrum
+        kc = min(m, n)
+        if v.shape != (*a.shape[:-2], kc, kc) or sigma.shape != (*a.shape[:-2], kc):
+            raise ValueError(f"spectrum of shapes {tuple(v.shape)}, {tuple(sigma.shape)} does not belong to a "
+                             f"{tuple(a.shape)} input (expected V k×k and σ of length k = {kc})")
+        spectrum = (v.detach(), sigma.detach().to(a.real.dtype))
+    return PolarFunction.apply(a, u, h, side, spectrum)
 
 
 class PolarFunction(torch.autograd.Function):
@@ -99,23 +112,27 @@ class PolarFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(a: Tensor, u: Tensor, h: Tensor, side: str) -> tuple[Tensor, Tensor]:
+    def forward(a: Tensor, u: Tensor, h: Tensor, side: str,
+                spectrum: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         return u.detach(), h.detach()  # new tensors sharing memory: no copy, no autograd view
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        a, _, _, side = inputs
+        a, _, _, side, spectrum = inputs
         ctx.side = side
-        ctx.save_for_backward(a, *output)
+        ctx.save_for_backward(a, *output, *(spectrum or ()))
         ctx.save_for_forward(a, *output)
 
     @staticmethod
-    def backward(ctx, grad_u: Tensor, grad_h: Tensor) -> tuple[Tensor, None, None, None]:
-        a, u, h = ctx.saved_tensors
-        return _vjp(a, u, h, grad_u, grad_h, ctx.side), None, None, None
+    def backward(ctx, grad_u: Tensor, grad_h: Tensor) -> tuple[Tensor, None, None, None, None]:
+        a, u, h, *spectrum = ctx.saved_tensors
+        # The given (V, σ) carry no derivative: a backward that is itself differentiated
+        # (create_graph, grad mode on here) takes eigh's instead.
+        given = tuple(spectrum) if spectrum and not torch.is_grad_enabled() else None
+        return _vjp(a, u, h, grad_u, grad_h, ctx.side, given), None, None, None, None
 
     @staticmethod
-    def jvp(ctx, da: Tensor, du_in: Tensor | None, dh_in: Tensor | None, _side) -> tuple[Tensor, Tensor]:
+    def jvp(ctx, da: Tensor, du_in: Tensor | None, dh_in: Tensor | None, _side, _spectrum) -> tuple[Tensor, Tensor]:
         a, u, h = ctx.saved_tensors
         return _jvp(a, u, h, da, ctx.side)
 
@@ -136,12 +153,16 @@ def _core(a: Tensor, u: Tensor, h: Tensor, side: str) -> tuple[bool, bool, Tenso
     return wide, core_h, ac, uc, hc
 
 
-def _spectrum(hc: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """V of H = V diag(σ) Vᴴ and, with σ ≤ tol set to 0, the weights 1/(σᵢ + σⱼ) (0 where
-    σᵢ = σⱼ = 0), the differences σᵢ − σⱼ and the pseudo-inverse's diagonal 1/σ (0 where σ = 0)."""
-    sigma, v = torch.linalg.eigh(hc)
+def _spectrum(hc: Tensor, m: int, given: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """V of H = V diag(σ) Vᴴ (``given`` as (V, σ), else from eigh) and, with σ ≤ tol set to 0,
+    the weights 1/(σᵢ + σⱼ) (0 where σᵢ = σⱼ = 0), the differences σᵢ − σⱼ and the
+    pseudo-inverse's diagonal 1/σ (0 where σ = 0)."""
+    if given is None:
+        sigma, v = torch.linalg.eigh(hc)
+    else:
+        v, sigma = given
     k = hc.shape[-1]
-    tol = max(m, k) * torch.finfo(sigma.dtype).eps * sigma[..., -1:].clamp_min(0)
+    tol = max(m, k) * torch.finfo(sigma.dtype).eps * sigma.amax(dim=-1, keepdim=True).clamp_min(0)
     sigma = torch.where(sigma > tol, sigma, torch.zeros_like(sigma))
     pair_sum = sigma[..., :, None] + sigma[..., None, :]
     positive = pair_sum > 0
@@ -159,7 +180,8 @@ def _pinv(v: Tensor, inv: Tensor) -> Tensor:
     return (v * inv[..., None, :]) @ v.mH
 
 
-def _vjp(a: Tensor, u: Tensor, h: Tensor, gu: Tensor, gh: Tensor, side: str) -> Tensor:
+def _vjp(a: Tensor, u: Tensor, h: Tensor, gu: Tensor, gh: Tensor, side: str,
+         given: tuple[Tensor, Tensor] | None = None) -> Tensor:
     wide, core_h, ac, uc, hc = _core(a, u, h, side)
     guc = gu.mH if wide else gu
     if core_h:
@@ -168,7 +190,7 @@ def _vjp(a: Tensor, u: Tensor, h: Tensor, gu: Tensor, gh: Tensor, side: str) -> 
         gh_uc = gh @ uc
         guc = guc + (gh_uc + gh.mH @ uc) @ hc
         ghc = uc.mH @ gh_uc
-    v, weight, diff, inv = _spectrum(hc, ac.shape[-2])
+    v, weight, diff, inv = _spectrum(hc, ac.shape[-2], given)
     ug = uc.mH @ guc                                                   # UᴴgU
     skew = v.mH @ (ug - ug.mH) @ v                                     # (UᴴgU − gUᴴU)~
     gh_t = v.mH @ _herm(ghc) @ v                                       # g̃H

@@ -54,20 +54,31 @@ def svd_polar_decomposition(a: Tensor, side: str = "right", route: str = "auto")
     the LAPACK route it is one BLAS ``?syrk`` (``?herk``) of Q Σ^½ (or P Σ^½): half the FLOPs of
     the full product, and positive semi-definite up to rounding.
     """
+    u, h, _ = svd_polar_spectrum(a, side, route)
+    return u, h
+
+
+def svd_polar_spectrum(a: Tensor, side: str = "right",
+                       route: str = "auto") -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """:func:`svd_polar_decomposition` and the singular pairs behind it: (U, H, (V, σ)) with V
+    the right singular vectors of the tall orientation (A, or Aᴴ when wide) and σ its singular
+    values, the eigendecomposition (AᴴA)^½ = V diag(σ) Vᴴ (wide: (AAᴴ)^½) that
+    :func:`polarkernels.polar_backward.attach` would otherwise recompute. (V, σ) is None on the
+    LAPACK route, which keeps them in NumPy."""
     if side not in ("right", "left"):
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
     if a.shape[-2] < a.shape[-1]:
         # Wide A: decompose the tall Aᴴ = H Uᴴ (the other side, the same H). LAPACK's SVD of a
         # wide matrix was 1.6–2.6× slower than of its transpose here (bench/RESULTS.md).
-        u, h = svd_polar_decomposition(a.mH, "left" if side == "right" else "right", route)
-        return u.mH.resolve_conj(), h  # a real tensor, not a lazy conjugate view (NumPy/DLPack reject those)
+        u, h, spectrum = svd_polar_spectrum(a.mH, "left" if side == "right" else "right", route)
+        return u.mH.resolve_conj(), h, spectrum  # u: a real tensor, not a lazy conjugate view (NumPy/DLPack reject those)
     work = _working(a)
     if _use_lapack(work, route):
         u, h = _lapack_polar(work, side)
-        return u.to(a.dtype), h.to(a.dtype)
+        return u.to(a.dtype), h.to(a.dtype), None
     p, s, qh = torch.linalg.svd(work, full_matrices=False)
     h = (qh.mH * s[..., None, :]) @ qh if side == "right" else (p * s[..., None, :]) @ p.mH
-    return (p @ qh).to(a.dtype), ((h + h.mH) / 2).to(a.dtype)
+    return (p @ qh).to(a.dtype), ((h + h.mH) / 2).to(a.dtype), (qh.mH.to(a.dtype), s)
 
 
 def _working(a: Tensor) -> Tensor:

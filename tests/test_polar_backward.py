@@ -16,6 +16,7 @@ from torch.autograd import forward_ad
 import polarkernels as pk
 from polarkernels import polar_backward
 from polarkernels.polar_backward import attach
+from polarkernels.svd import svd_polar_spectrum
 
 METHODS = ("svd", "qdwh", "polar_express", "newton_schulz", "muon")
 SIDES = ("right", "left")
@@ -288,6 +289,8 @@ def test_saves_only_the_input_and_the_factors(method):
     (autograd through 50 Newton–Schulz steps would save ~3 m×n or m×m tensors per step)."""
     a = _randn((40, 24), seed=27).requires_grad_()
     expected = (3, (40 * 24 * 2 + 24 * 24) * 8)
+    if method == "svd":  # plus the SVD's V (24×24) and σ (24): the backward skips its eigh
+        expected = (5, (40 * 24 * 2 + 24 * 24 * 2 + 24) * 8)
     for steps in (2, 50):
         assert _saved_bytes(lambda: pk.polar(a, method=method, steps=steps, tol=1e-300)) == expected
 
@@ -322,6 +325,31 @@ def test_vmap_of_the_function_equals_the_batched_call():
     torch.testing.assert_close(per_sample, batched, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(7, 4), (4, 7), (5, 5), (2, 6, 3)], ids=str)
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
+def test_svd_spectrum_gives_the_eigh_gradient(shape, side, dtype):
+    """The SVD route hands its (V, σ) to the backward instead of an eigh of H: the same gradient,
+    also where σ repeats (there V is any basis of the eigenspace and (1)–(4) do not depend on
+    which). Both are the same formula on the same H, so they agree to rounding: 1e-12 on
+    order-1 entries in float64 (measured ≤ 1e-14)."""
+    for repeated in (False, True):
+        a = _randn(shape, seed=41, dtype=dtype)
+        if repeated:  # singular values 1, 1, 2, 2, ...: every pair repeats
+            p, _, qh = torch.linalg.svd(a, full_matrices=False)
+            k = min(shape[-2:])
+            s = torch.arange(k, dtype=torch.float64).div(2, rounding_mode="floor") + 1
+            a = (p * s.to(p.dtype)) @ qh
+        gu, gh = _randn(a.shape, seed=42, dtype=dtype), _randn(svd_polar_spectrum(a, side)[1].shape, seed=43, dtype=dtype)
+        grads = []
+        for use_spectrum in (True, False):
+            x = a.clone().requires_grad_()
+            u, h, spectrum = svd_polar_spectrum(a, side)
+            uu, hh = attach(x, u, h, side, spectrum if use_spectrum else None)
+            grads.append(torch.autograd.grad((torch.real(uu * gu.conj()).sum() + torch.real(hh * gh.conj()).sum()), x)[0])
+        assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-12), f"repeated={repeated}"
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_attach_rejects_mismatched_factors():
@@ -333,6 +361,8 @@ def test_attach_rejects_mismatched_factors():
         attach(a, u, h, "left")
     with pytest.raises(TypeError, match="one dtype"):
         attach(a, u.float(), h)
+    with pytest.raises(ValueError, match="spectrum of shapes"):
+        attach(a, u, h, "right", (torch.eye(2, dtype=a.dtype), torch.ones(2, dtype=a.dtype)))
 
 
 def test_needs_derivative():
