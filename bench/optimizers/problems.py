@@ -512,7 +512,7 @@ class StiefelTrace(StiefelProblem):
     """
 
     name = "stiefel_trace"
-    title = "Top-8 eigenspace of a 96×96 matrix (Rayleigh quotient, Stiefel)"
+    title = "Stiefel: top-8 eigenspace of a 96×96 matrix"
     metric = "relative eigenvalue-sum gap"
     log_scale = True
     tunes_weight_decay = False          # scale-invariant objective: λ would only shrink W
@@ -566,7 +566,7 @@ class StiefelDigitsMLP(StiefelProblem):
     (397) held out. Metric: held-out cross-entropy; minibatch 64."""
 
     name = "stiefel_digits"
-    title = "MLP 64-96-32-10 (tanh) on scikit-learn digits, hidden matrices on the Stiefel manifold"
+    title = "Stiefel: MLP 64-96-32-10 (tanh) on digits"
     metric = "val loss"
     log_scale = True
     budgets = {"full": Budget(150, 15), "quick": Budget(30, 3), "test": Budget(3, 1)}

@@ -287,7 +287,10 @@ def write_report(store: RunStore, p: Protocol, out: Path) -> str:
 def _colors() -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
-    return {name: plt.get_cmap("tab20" if i < 20 else "tab20b")(i % 20) for i, name in enumerate(OPTIMIZERS)}
+    # tab20 holds 10 hues in dark/light pairs: the first 10 optimizers get the dark shades, the
+    # next 10 the light ones (neighbours in the registry differ in hue), the rest tab20b
+    return {name: plt.get_cmap("tab20")(2 * i % 20 + i // 10) if i < 20 else plt.get_cmap("tab20b")(i % 20)
+            for i, name in enumerate(OPTIMIZERS)}
 
 
 def _draw(ax: Any, cell: Cell, summaries: dict[str, Summary], colors: dict[str, Any], log_scale: bool) -> None:
