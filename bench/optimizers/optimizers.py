@@ -25,7 +25,7 @@ Conventions, the same for every optimizer so that one grid means the same thing 
   (``split_params``' polar ones) on the Stiefel manifold and give the rest to AdamW as the
   hybrids do. There is no weight decay on the manifold (the norm is fixed), so λ is 0 and not
   tuned for them; lr and their momentum β are. The StiefelMuon solvers are capped at 10 polar
-  factors per step (warm-started), as in the library's benchmark of them.
+  factors per step (warm-started), as in their earlier standalone benchmark.
 """
 
 from __future__ import annotations
