@@ -41,7 +41,7 @@ sym(WᵀΦ(X)) = 0. Both dual solvers start from X₀ = −sym(WᵀG), which is 
 small (3×2, 5×3, 5×4 in the tests; and for low-rank G, as in network training): the optimal Φ
 then has singular values below 1 on that null space, msign(G + WX) jumps there, and both
 iterations stall at a residual of order 1 (measured: relative gaps of 4–15% after 10 iterations
-on the digits MLP of ``bench/optimizers/stiefel_problems.py``). The returned Φ is still feasible
+on the ``stiefel_digits`` MLP of ``bench.optimizers``). The returned Φ is still feasible
 (tangent, ‖Φ‖₂ = 1) and ``gap`` bounds how far its objective is from the optimum (the dual value
 is an upper bound): trust ``converged`` and ``gap``, not the iteration count.
 
