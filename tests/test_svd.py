@@ -171,3 +171,46 @@ def test_gradients_through_h_on_the_torch_route():
     b = torch.from_numpy(conditioned(5, 3, 4.0, seed=8)).requires_grad_()
     for side in ("right", "left"):
         assert torch.autograd.gradcheck(lambda x, side=side: svd_polar_decomposition(x, side)[1], (b,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex64], ids=str)
+@pytest.mark.parametrize("shape", [(5, 9, 6), (2, 3, 6, 9), (3, 1, 1), (1, 8, 8)], ids=str)
+def test_batch_split_over_threads_is_bitwise_torch(shape, dtype, monkeypatch):
+    """The torch route spreads a CPU batch of small matrices over torch's threads, one chunk
+    per thread: each matrix still goes through the same LAPACK call, so the factors are exactly
+    torch.linalg.svd's (bitwise), whatever the batch shape and the number of chunks."""
+    a = torch.randn(shape, dtype=dtype)
+    expected = torch.linalg.svd(a, full_matrices=False)
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda x, **kw: calls.append(x.shape[0]) or real_svd(x, **kw))
+    threads = torch.get_num_threads()
+    try:
+        for n in (2, 3):
+            torch.set_num_threads(n)
+            calls.clear()
+            got = svd_module._thin_svd(a)
+            assert all(torch.equal(g, e) for g, e in zip(got, expected)), n
+            flat = math.prod(shape[:-2])
+            # split into min(threads, matrices) chunks, or one plain call for a single matrix
+            assert len(calls) == (min(n, flat) if flat > 1 else 1), calls
+        assert torch.equal(pk.polar(a)[0], svd_polar(a)), "polar(a) takes the same route"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_batch_split_not_under_autograd_or_for_large_matrices(monkeypatch):
+    """Autograd does not follow work done on other threads, and above BATCH_PARALLEL_MAX_SIDE
+    LAPACK's own threading wins: both take one plain torch.linalg.svd call."""
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda x, **kw: calls.append(x.shape) or real_svd(x, **kw))
+    monkeypatch.setattr(svd_module, "BATCH_PARALLEL_MAX_SIDE", 8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        svd_module._thin_svd(torch.randn(4, 6, 6, dtype=torch.float64, requires_grad=True))
+        svd_module._thin_svd(torch.randn(4, 9, 12, dtype=torch.float64))
+        assert calls == [torch.Size([4, 6, 6]), torch.Size([4, 9, 12])]
+    finally:
+        torch.set_num_threads(threads)
