@@ -15,6 +15,7 @@ torch route otherwise. Wide matrices are decomposed through the tall Aᴴ on eit
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -112,8 +113,12 @@ def _thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 @cache
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One pool per worker count, created on first use."""
+    """One pool per worker count, created on first use (and anew in a forked child, e.g. a
+    DataLoader worker, which inherits the pool object but not its threads)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="polarkernels-svd")
+
+
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _working(a: Tensor) -> Tensor:

@@ -214,3 +214,24 @@ def test_batch_split_not_under_autograd_or_for_large_matrices(monkeypatch):
         assert calls == [torch.Size([4, 6, 6]), torch.Size([4, 9, 12])]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batch_split_works_in_a_forked_child():
+    """A forked child (a DataLoader worker) inherits the thread pool object but not its threads:
+    the pool is made anew there instead of waiting forever on threads that do not exist."""
+    import multiprocessing as mp
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = torch.randn(4, 5, 5, dtype=torch.float64)
+        expected = svd_module._thin_svd(a)[1]  # the parent's pool now exists
+        with mp.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_singular_values_in_child, (a,)).get(timeout=60)
+        assert torch.equal(got, expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _singular_values_in_child(a):
+    torch.set_num_threads(2)
+    return svd_module._thin_svd(a)[1]
