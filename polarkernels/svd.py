@@ -15,10 +15,6 @@ torch route otherwise. Wide matrices are decomposed through the tall Aᴴ on eit
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
-
 import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
@@ -26,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .backends import blas
+from .threaded_svd import thin_svd
 
 #: ``route="auto"`` takes SciPy's ``?gesdd`` for CPU matrices at least this large (min side);
 #: ``None``: never. The last session measured SciPy 1.1–1.5× faster from 512 up, but with torch's
@@ -45,7 +42,7 @@ def svd_polar(a: Tensor, route: str = "auto") -> Tensor:
     work = _working(a)
     if _use_lapack(work, route):
         return _lapack_polar(work)[0].to(a.dtype)
-    p, _, qh = _thin_svd(work)
+    p, _, qh = thin_svd(work)
     return (p @ qh).to(a.dtype)
 
 
@@ -80,45 +77,9 @@ def svd_polar_spectrum(a: Tensor, side: str = "right",
     if _use_lapack(work, route):
         u, h = _lapack_polar(work, side)
         return u.to(a.dtype), h.to(a.dtype), None
-    p, s, qh = _thin_svd(work)
+    p, s, qh = thin_svd(work)
     h = (qh.mH * s[..., None, :]) @ qh if side == "right" else (p * s[..., None, :]) @ p.mH
     return (p @ qh).to(a.dtype), ((h + h.mH) / 2).to(a.dtype), (qh.mH.to(a.dtype), s)
-
-
-#: CPU batches of matrices with min(m, n) up to this have their SVDs spread over torch's threads
-#: (:func:`_thin_svd`). Measured with 2 threads on 2 cores (bench/RESULTS.md): 1.6–3× faster at
-#: 256×32² and 32×128², no gain at 8×256², slower at 4×512² (LAPACK's own threading takes over).
-BATCH_PARALLEL_MAX_SIDE = 128
-
-
-def _thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``torch.linalg.svd(a, full_matrices=False)``; on CPU, a batch of small matrices is split
-    into one chunk per torch thread, decomposed concurrently (torch releases the GIL in LAPACK).
-
-    torch's CPU SVD walks a batch one matrix at a time on one thread, so batches of small
-    matrices used one core however many torch was given (JAX's vmapped SVD spreads the batch).
-    Not under autograd or ``torch.compile`` (neither follows work handed to other threads).
-    """
-    threads = torch.get_num_threads()
-    flat = a.reshape(-1, *a.shape[-2:])
-    if (a.device.type != "cpu" or threads < 2 or flat.shape[0] < 2 or min(a.shape[-2:]) > BATCH_PARALLEL_MAX_SIDE
-            or (a.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()):
-        return torch.linalg.svd(a, full_matrices=False)
-    chunks = flat.tensor_split(min(threads, flat.shape[0]))
-    parts = list(_pool(len(chunks)).map(lambda c: torch.linalg.svd(c, full_matrices=False), chunks))
-    batch = a.shape[:-2]
-    p, s, qh = (torch.cat(x) for x in zip(*parts))
-    return p.reshape(*batch, *p.shape[-2:]), s.reshape(*batch, s.shape[-1]), qh.reshape(*batch, *qh.shape[-2:])
-
-
-@cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """One pool per worker count, created on first use (and anew in a forked child, e.g. a
-    DataLoader worker, which inherits the pool object but not its threads)."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="polarkernels-svd")
-
-
-os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _working(a: Tensor) -> Tensor:
