@@ -10,7 +10,8 @@ Who computes the SVD (``route``): ``"torch"`` is ``torch.linalg.svd`` (MKL on x8
 cuSOLVER on CUDA); ``"lapack"`` is SciPy's LAPACK ``?gesdd`` (CPU), the routine
 ``scipy.linalg.polar`` itself calls, with every product in SciPy's BLAS; ``"auto"`` takes the
 LAPACK route for CPU matrices with min(m, n) ≥ :data:`LAPACK_MIN_SIDE` outside autograd, the
-torch route otherwise. Wide matrices are decomposed through the tall Aᴴ on either route.
+torch route otherwise. Wide matrices are decomposed through the tall Aᴴ on either route. On the torch
+route a CPU batch of small matrices is spread over torch's threads (:mod:`polarkernels.threaded_svd`).
 """
 
 from __future__ import annotations

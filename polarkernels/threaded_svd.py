@@ -26,9 +26,9 @@ from torch import Tensor
 from torch.autograd import forward_ad
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-#: Batches of matrices with min(m, n) up to this are split. Measured with 2 threads on 2 cores,
-#: each way in a fresh process (bench/RESULTS.md): 1.4-1.6× faster at 256×32² float64 and
-#: 32×128² float64, about even in float32; at 512² LAPACK's own threading wins.
+#: Batches of matrices with min(m, n) up to this are split. Measured with 2 threads on 2 cores
+#: (bench/RESULTS.md, "CPU routes with two threads"): polar(a) 1.06-1.70× faster at 256×32² and
+#: 32×128²; no gain at 8×256² and a loss at 4×512², where LAPACK's own threading takes over.
 BATCH_PARALLEL_MAX_SIDE = 128
 
 
