@@ -350,6 +350,15 @@ def test_svd_spectrum_gives_the_eigh_gradient(shape, side, dtype):
         assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-12), f"repeated={repeated}"
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5)], ids=str)
+def test_svd_route_second_order_takes_eigh(shape):
+    """With create_graph the backward must not use the SVD's (V, σ), which carry no derivative:
+    gradgradcheck through polar(method="svd") holds (float64, well-separated σ)."""
+    a = torch.from_numpy(np.random.default_rng(44).standard_normal(shape)).requires_grad_()
+    for side in SIDES:
+        assert torch.autograd.gradgradcheck(lambda x, side=side: pk.polar(x, side, method="svd"), (a,))
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_attach_rejects_mismatched_factors():
