@@ -1,6 +1,6 @@
 """Time the CUDA backend's grouped polar iteration against torch loops on one optimizer step.
 
-    python bench/cuda_gpu.py [--out results.json] [--groups gpt2-small,heads,1.3b] [--sanitize]
+    python -m bench.cuda_gpu [--out results.json] [--groups gpt2-small,heads,1.3b] [--sanitize]
 
 Groups (bf16, Polar Express 5 steps, the schedule of ``orthogonalize``):
   heads       12 layers × 36 attention-head blocks 64×768 + 48 conv-like 64×576 (fused path)
@@ -27,6 +27,8 @@ import torch
 
 from polarkernels.backends import cuda, torch_ref
 from polarkernels.schedules import fixed_schedule
+
+from .timing import timed_call
 
 GROUPS = {
     "heads": [(64, 768)] * (12 * 36) + [(64, 576)] * 48,
@@ -77,12 +79,7 @@ def time_call(fn, args, *, warmup=3, budget_s=2.0, max_reps=50):
     torch.cuda.synchronize()
     times = []
     while len(times) < max_reps and (len(times) < 5 or sum(times) < budget_s * 1e3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(timed_call(lambda: fn(*args), torch.device("cuda"))[0] * 1e3)
     return statistics.median(times), len(times)
 
 

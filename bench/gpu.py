@@ -14,7 +14,7 @@ In order, each part recorded as it finishes (a failure is recorded, never silent
    (``torch.cuda.set_sync_debug_mode("error")``), ``torch.compile(orthogonalize, fullgraph=True)``
    and a CUDA-graph capture of the fixed-step loop, each equal to the eager result.
 2. **compute-sanitizer** memcheck, racecheck and synccheck on tiny launches of every csrc/ kernel
-   (``bench/cuda_gpu.py --sanitize``), when the tool is on PATH or in $CUDA_HOME/bin.
+   (``python -m bench.cuda_gpu --sanitize``), when the tool is on PATH or in $CUDA_HOME/bin.
 3. **Timings** — CUDA events, median of ≥ 5 runs after warm-up, inputs rotated among 4 buffers;
    the bf16 matmul peak (8192³) measured in the same run: 4096² 5-step Polar Express on triton,
    cuda, torch, torch.compile and ``torch.linalg.svd`` polar; 1024²…8192² and 4096×16384 triton
@@ -52,6 +52,8 @@ from polarkernels import iterate
 from polarkernels.backends import cuda as cuda_backend
 from polarkernels.backends import torch_ref
 from polarkernels.schedules import fixed_schedule
+
+from .timing import timed_call
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -170,17 +172,7 @@ class Timer:
         times: list[float] = []
         while len(times) < self.sizes.min_reps or (sum(times) < max_s * 1e3 and len(times) < 50):
             args = next(cycle)
-            if self.device == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn(*args)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn(*args)
-                times.append((time.perf_counter() - t0) * 1e3)
+            times.append(timed_call(lambda: fn(*args), torch.device(self.device))[0] * 1e3)
         return statistics.median(times), len(times)
 
 
@@ -334,8 +326,7 @@ def run_sanitizer(report: Report, device: str, timeout_s: float) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     started = {}
     for name in ("memcheck", "racecheck", "synccheck"):  # in parallel: each is mostly start-up and compile
-        cmd = [tool, "--tool", name, "--error-exitcode", "1", sys.executable, str(ROOT / "bench" / "cuda_gpu.py"),
-               "--sanitize"]
+        cmd = [tool, "--tool", name, "--error-exitcode", "1", sys.executable, "-m", "bench.cuda_gpu", "--sanitize"]
         started[name] = (cmd, time.time(), subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                                             stderr=subprocess.STDOUT, text=True))
     for name, (cmd, t0, proc) in started.items():

@@ -54,7 +54,9 @@ class Budget:
     budget_s: float = 1.0
 
 
-def _timed_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+def timed_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """(seconds, output) of one call of ``fn``: CUDA events around it on CUDA (the GPU's time,
+    host work included), ``time.perf_counter`` elsewhere."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -78,12 +80,12 @@ def measure(fn: Callable[[], Any], device: torch.device, budget: Budget) -> tupl
         torch.cuda.synchronize(device)
     else:
         time.sleep(CPU_COOLDOWN_S)
-    first_s, first_out = _timed_call(fn, device)
+    first_s, first_out = timed_call(fn, device)
     for _ in range(budget.warmup - 1):
-        _timed_call(fn, device)
+        timed_call(fn, device)
     samples: list[float] = []
     t_start = time.perf_counter()
     while len(samples) < budget.max_runs and (len(samples) < budget.min_runs
                                                or time.perf_counter() - t_start < budget.budget_s):
-        samples.append(_timed_call(fn, device)[0])
+        samples.append(timed_call(fn, device)[0])
     return Timing.of(samples), first_out, first_s
