@@ -199,9 +199,10 @@ def _iterate(x: Tensor, ell: Tensor, done: Tensor, max_iter: int, tol_dx: float,
              gram: Callable[[Tensor], Tensor]) -> tuple[Tensor, int, Tensor]:
     """QDWH steps on the matrices of the flat batch ``x`` not yet ``done`` (zero ones start done)."""
     num_iters = 0
-    while num_iters < max_iter and not bool(done.all()):
+    any_done = bool(done.any())   # tracked on the host: one sync per early step, not three
+    while num_iters < max_iter and not (any_done and bool(done.all())):
         num_iters += 1
-        active = None if not bool(done.any()) else (~done).nonzero().squeeze(1)   # None: all of them
+        active = (~done).nonzero().squeeze(1) if any_done else None   # None: all of them
         xa, la = (x, ell) if active is None else (x[active], ell[active])
         a, b, c = _weights(la)
         x_new = _step(xa, (a, b, c), gram)
@@ -209,6 +210,7 @@ def _iterate(x: Tensor, ell: Tensor, done: Tensor, max_iter: int, tol_dx: float,
         finished = 1 - la <= tol_l
         if bool(finished.any()):   # ‖ΔX‖ only matters once ℓ is near 1 (the early steps skip it)
             finished &= torch.linalg.matrix_norm(x_new - xa) <= tol_dx
+            any_done = any_done or bool(finished.any())
         if active is None:
             x, ell, done = x_new, la, finished
         else:
